@@ -1,0 +1,334 @@
+"""`gacd analyze`: teacher-student logit-correlation differences and t-SNE of features
+(paper Figures 3-5) for a teacher and several models -> PNGs + analysis.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gacd.attacks import AttackSpec
+from gacd.config import ConfigError, RunConfig
+from gacd.engine.export import load_model, load_model_meta
+from gacd.evaluation.analysis import (
+    POINT_KINDS,
+    correlation_analysis,
+    sample_class_images,
+    tsne_analysis,
+)
+from gacd.evaluation.plots import correlation_heatmaps, tsne_grid
+from gacd.run import prepare_data, resolve_device
+
+TEACHER = "teacher"
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# Bird and truck on CIFAR-10, the paper's pair; on other 10-class sets simply classes 2, 9.
+DEFAULT_PAIR = (2, 9)
+
+
+def parse_model_args(items: Sequence[str]) -> list[tuple[str, str]]:
+    """['ard=runs/ard/model_best.pt', ...] -> [('ard', 'runs/ard/model_best.pt'), ...]."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--models entry '{item}' must look like name=path")
+        out.append((name, path))
+    return out
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--classes-pair '{text}' must be two class indices, e.g. 2,9") from None
+    return a, b
+
+
+def _check_models(teacher: str, models: Sequence[tuple[str, str]]) -> dict[str, str]:
+    if not models:
+        raise ConfigError("no models to analyse: pass --models name=path [name=path ...]")
+    paths = {TEACHER: teacher}
+    for name, path in models:
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"model name '{name}': use letters, digits, '_', '-', '.' only")
+        if name in paths:
+            raise ConfigError(f"model name '{name}' is used twice (or is the reserved 'teacher')")
+        paths[name] = path
+    for name, path in paths.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{name}: model file not found: {path}")
+    return paths
+
+
+def _data_identity(meta: dict[str, Any]) -> tuple[Any, Any, Any]:
+    classes = meta.get("classes")
+    return meta.get("dataset"), tuple(classes) if classes else None, meta.get("resize")
+
+
+def _common_dataset(paths: dict[str, str], dataset: str | None) -> tuple[str, dict[str, Any]]:
+    """The one dataset every model was trained on (name, label subset, size), checked from
+    the exported metadata before any data is read."""
+    metas = {name: load_model_meta(path) for name, path in paths.items()}
+    known = {name: _data_identity(m) for name, m in metas.items() if m.get("dataset")}
+    if len(set(known.values())) > 1:
+        listing = ", ".join(
+            f"{n}: {d}" + (f" classes {c}" if c else "") + (f" resize {r}" if r else "")
+            for n, (d, c, r) in known.items()
+        )
+        raise ConfigError(f"the models were trained on different datasets ({listing})")
+    if known:
+        meta = metas[next(iter(known))]
+        if dataset is not None and dataset != meta["dataset"]:
+            raise ConfigError(
+                f"--dataset {dataset}, but the models were trained on {meta['dataset']}"
+            )
+        return meta["dataset"], meta
+    if dataset is None:
+        raise ConfigError("no model records its dataset: pass --dataset")
+    return dataset, {}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: arrays to lists, non-finite floats to null (strict JSON has no NaN)."""
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def run_analysis(
+    *,
+    teacher: str,
+    models: Sequence[tuple[str, str]],
+    out: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    classes_pair: tuple[int, int] | None = None,
+    samples: int = 100,
+    corr_samples: int = 1000,
+    eps: float | None = None,
+    step_size: float | None = None,
+    steps: int = 20,
+    corr_attack: str = "student",
+    tsne_attacker: str = "self",
+    tsne_targeted: bool = True,
+    tsne_only_fooled: bool = False,
+    batch_size: int = 512,
+    split: str = "test",
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Correlation differences (teacher vs each model) and a t-SNE panel per model (teacher
+    first); writes correlation_<model>.png, tsne.png and analysis.json under `out` and
+    returns the JSON payload."""
+    paths = _check_models(teacher, models)
+    if corr_attack not in ("student", "teacher"):
+        raise ConfigError(f"corr_attack must be 'student' or 'teacher', got '{corr_attack}'")
+    if tsne_attacker != "self" and tsne_attacker not in paths:
+        raise ConfigError(
+            f"t-SNE attacker '{tsne_attacker}' is neither 'self' nor one of: {', '.join(paths)}"
+        )
+    if samples < 1 or corr_samples < 2:
+        raise ConfigError("samples must be >= 1 and correlation samples >= 2")
+    if split not in ("test", "val", "train"):
+        raise ConfigError(f"split must be test, val or train, got '{split}'")
+    name, meta = _common_dataset(paths, dataset)
+
+    config = RunConfig(device=device)
+    config.data.name = name
+    config.data.root = root
+    config.data.classes = meta.get("classes")
+    config.data.resize = meta.get("resize")
+    torch_device = resolve_device(device)
+    data = prepare_data(config, torch_device)
+    raw = data.raw
+    c = raw.num_classes
+    a, b = classes_pair if classes_pair is not None else (DEFAULT_PAIR if c >= 10 else (0, 1))
+    for k in (a, b):
+        if not 0 <= k < c:
+            raise ConfigError(f"class index {k} is out of range: '{name}' has classes 0..{c - 1}")
+    if a == b:
+        raise ConfigError(f"--classes-pair needs two different classes, got {a},{b}")
+
+    loaded = {}
+    for model_name, path in paths.items():
+        model = load_model(path, torch_device)
+        spec = model.spec
+        if spec["num_classes"] != c or spec["in_channels"] != raw.image_shape[0]:
+            raise ConfigError(
+                f"{model_name}: {path} has {spec['num_classes']} classes and "
+                f"{spec['in_channels']} channels; dataset '{name}' has {c} and "
+                f"{raw.image_shape[0]}"
+            )
+        loaded[model_name] = model
+    attack = AttackSpec(
+        eps=data.defaults.eps if eps is None else eps,
+        step_size=data.defaults.step_size if step_size is None else step_size,
+        steps=steps,
+    )
+    split_data = data.split(split)
+
+    # Correlations: the same fixed-seed subset of the split for every model.
+    n_corr = min(corr_samples, len(split_data))
+    order = torch.randperm(len(split_data), generator=torch.Generator().manual_seed(seed))
+    batch = split_data.batch_at(order[:n_corr].sort().values)
+    correlation = {}
+    for model_name, model in loaded.items():
+        if model_name == TEACHER:
+            continue
+        correlation[model_name] = correlation_analysis(
+            loaded[TEACHER],
+            model,
+            batch.images,
+            batch.labels,
+            attack,
+            attack=corr_attack,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            seed=seed,
+        )
+
+    images_a, images_b = sample_class_images(split_data, (a, b), samples, seed)
+    embeddings = tsne_analysis(
+        loaded,
+        images_a,
+        images_b,
+        (a, b),
+        attack,
+        attacker=None if tsne_attacker == "self" else loaded[tsne_attacker],
+        targeted=tsne_targeted,
+        only_fooled=tsne_only_fooled,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # One colour scale for every student's heatmaps, so the figures compare at a glance.
+    vmax = max(
+        (float(r.difference.max()) for pair in correlation.values() for r in pair.values()),
+        default=1.0,
+    )
+    figures = {}
+    for model_name, pair in correlation.items():
+        figures[f"correlation_{model_name}"] = str(
+            correlation_heatmaps(
+                pair["natural"].difference,
+                pair["adversarial"].difference,
+                out / f"correlation_{model_name}.png",
+                class_names=raw.class_names,
+                title=f"{model_name} vs teacher: logit-correlation difference ({name})",
+                vmax=vmax,
+            )
+        )
+    names_ab = (raw.class_names[a], raw.class_names[b])
+    subtitles = {
+        n: f"adv {names_ab[1]} kept as {names_ab[1]}: {e.summary['adv_pred_b_percent']:.0f}%"
+        for n, e in embeddings.items()
+    }
+    figures["tsne"] = str(
+        tsne_grid(
+            {n: (e.coords, e.kinds) for n, e in embeddings.items()},
+            out / "tsne.png",
+            class_names=names_ab,
+            subtitles=subtitles,
+            title=f"t-SNE of penultimate features ({name}, {attack.describe()})",
+        )
+    )
+
+    payload = _clean(
+        {
+            "dataset": name,
+            "classes": meta.get("classes"),
+            "resize": meta.get("resize"),
+            "split": split,
+            "class_names": raw.class_names,
+            "teacher": teacher,
+            "models": {n: p for n, p in paths.items() if n != TEACHER},
+            "attack": {
+                "eps": attack.eps,
+                "step_size": attack.step_size,
+                "steps": attack.steps,
+                "describe": attack.describe(),
+            },
+            "seed": seed,
+            "correlation": {
+                "attacked_model": corr_attack,
+                "attack": f"untargeted PGD on cross-entropy against the {corr_attack}: "
+                + attack.describe(),
+                "samples": n_corr,
+                "models": {
+                    n: {
+                        kind: {
+                            "summary": r.summary(),
+                            "corr_teacher": r.teacher,
+                            "corr_student": r.student,
+                            "difference": r.difference,
+                        }
+                        for kind, r in pair.items()
+                    }
+                    for n, pair in correlation.items()
+                },
+            },
+            "tsne": {
+                "classes": [a, b],
+                "class_names": list(names_ab),
+                "attacker": tsne_attacker,
+                "targeted": tsne_targeted,
+                "only_fooled": tsne_only_fooled,
+                "attack": ("PGD targeted toward class a" if tsne_targeted else "untargeted PGD")
+                + f" on class-b images, crafted by {tsne_attacker}: {attack.describe()}",
+                "point_kinds": list(POINT_KINDS),
+                "models": {
+                    n: {"summary": e.summary, "coords": e.coords, "kinds": e.kinds}
+                    for n, e in embeddings.items()
+                },
+            },
+            "figures": figures,
+        }
+    )
+    (out / "analysis.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    return payload
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary_lines(payload: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal: the numbers behind each figure."""
+    corr = payload["correlation"]
+    lines = [
+        "logit-correlation difference vs teacher, mean |diff| off-diagonal "
+        f"({corr['samples']} {payload['split']} samples, PGD on the {corr['attacked_model']}):"
+    ]
+    for n, pair in corr["models"].items():
+        nat, adv = pair["natural"]["summary"], pair["adversarial"]["summary"]
+        lines.append(
+            f"  {n:>14}: natural {nat['mean_abs_diff_offdiag']:.4f}   "
+            f"adversarial {adv['mean_abs_diff_offdiag']:.4f}"
+        )
+    a, b = payload["tsne"]["class_names"]
+    lines.append(f"t-SNE of features: natural {a}, natural {b}, adversarial {b}:")
+    for n, e in payload["tsne"]["models"].items():
+        s = e["summary"]
+        lines.append(
+            f"  {n:>14}: adv {b} still {b} {_fmt(s['adv_pred_b_percent'], '.1f')}%, "
+            f"nearer {b}'s centroid {_fmt(s['adv_frac_nearer_b'], '.2f')}, "
+            f"class separation {_fmt(s['separation_ratio'], '.2f')}"
+        )
+    return lines

@@ -1,0 +1,238 @@
+"""`gacd` command line: thin; it parses, builds a config and calls a stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gacd.config import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML run config (defaults when omitted)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. optim.lr=0.05 method.temperature=0.2",
+    )
+    p.add_argument(
+        "--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint"
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gacd.config import load_run_config
+    from gacd.run import train
+
+    overrides = list(args.overrides) + getattr(args, "extra_overrides", [])
+    config = load_run_config(args.config, overrides)
+    result = train(config, resume=not args.no_resume)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {result.epochs} epochs -> {result.out_dir}")
+    print(f"  best epoch {result.best_epoch} ({config.method['name']}): {result.model_best}")
+    print(f"  last epoch: {result.model_last}")
+    shown = {k: round(v, 2) for k, v in last.items() if k.startswith("val_")}
+    if shown:
+        print(f"  last validation: {shown}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    args.extra_overrides = [f"teacher={args.teacher}", f"method.name={args.method}"]
+    if args.student:
+        args.extra_overrides.append(f"model.arch={args.student}")
+    return _cmd_train(args)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    # AFT: PGD adversarial training of the whole network, starting from the distilled student.
+    args.extra_overrides = [f"init={args.student}", "method.name=pgd_at"]
+    return _cmd_train(args)
+
+
+def _cmd_linear_eval(args: argparse.Namespace) -> int:
+    args.extra_overrides = [f"init={args.student}", "method.name=linear"]
+    return _cmd_train(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gacd.evaluate import evaluate_command
+
+    payload = evaluate_command(
+        model_path=args.model,
+        dataset=args.dataset,
+        root=args.data_root,
+        split=args.split,
+        attacks=[a for a in args.attacks.split(",") if a.strip()],
+        eps=args.eps,
+        step_size=args.step_size,
+        restarts=args.restarts,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        out=args.out,
+        device=args.device,
+        seed=args.seed,
+    )
+    for name, acc in payload["accuracy"].items():
+        print(f"{name:>12}: {acc:6.2f}%   ({payload['attacks'][name]})")
+    for warning in payload.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from gacd.analyze import parse_model_args, parse_pair, run_analysis, summary_lines
+
+    payload = run_analysis(
+        teacher=args.teacher,
+        models=parse_model_args(args.models),
+        out=args.out,
+        dataset=args.dataset,
+        root=args.data_root,
+        classes_pair=parse_pair(args.classes_pair) if args.classes_pair else None,
+        samples=args.samples,
+        corr_samples=args.corr_samples,
+        eps=args.eps,
+        step_size=args.step_size,
+        steps=args.steps,
+        corr_attack=args.corr_attack,
+        tsne_attacker=args.tsne_attacker,
+        tsne_targeted=not args.tsne_untargeted,
+        tsne_only_fooled=args.tsne_only_fooled,
+        device=args.device,
+        seed=args.seed,
+    )
+    print("\n".join(summary_lines(payload)))
+    figures = ", ".join(Path(f).name for f in payload["figures"].values())
+    print(f"wrote {figures} and analysis.json to {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gacd.demo import run_demo
+
+    run_demo(
+        Path(args.out), full=args.full, seed=args.seed, device=args.device, progress=not args.quiet
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gacd",
+        description="Transfer adversarial robustness from a robust teacher to a student "
+        "(GACD and baselines), and measure it honestly.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (teacher, plain model, or any method)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("distill", help="distil a student from an exported teacher")
+    p.add_argument("--teacher", required=True, help="exported teacher model (model_best.pt)")
+    p.add_argument("--method", default="gacd", help="distillation method (default: gacd)")
+    p.add_argument("--student", help="student architecture (default: the config's)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser("finetune", help="adversarial fine-tuning (AFT) of a distilled student")
+    p.add_argument("--student", required=True, help="exported student model to start from")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("linear-eval", help="train a classifier on a student's frozen features")
+    p.add_argument("--student", required=True, help="exported student model")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_linear_eval)
+
+    p = sub.add_parser("evaluate", help="accuracy of an exported model under attacks")
+    p.add_argument("model", help="exported model file (model_best.pt / model_last.pt)")
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--data-root", help="directory holding the dataset files")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument(
+        "--attacks",
+        default="natural,pgd20",
+        help="comma-separated: natural, fgsm, pgdK, cw/cwK, autoattack",
+    )
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the dataset's)")
+    p.add_argument("--step-size", type=float, help="PGD step (default: the dataset's)")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--max-samples", type=int, help="evaluate on the first N samples only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="directory for evaluation.json / evaluation.md")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("analyze", help="logit-correlation and t-SNE analysis (paper Figs 3-5)")
+    p.add_argument("--teacher", required=True, help="exported teacher model")
+    p.add_argument(
+        "--models", nargs="+", required=True, metavar="NAME=PATH", help="models to compare"
+    )
+    p.add_argument("--dataset", help="dataset name (default: the one the models record)")
+    p.add_argument("--data-root", help="directory holding the dataset files")
+    p.add_argument("--classes-pair", help="t-SNE classes a,b (default 2,9: bird,truck)")
+    p.add_argument("--samples", type=int, default=100, help="t-SNE images per class")
+    p.add_argument("--corr-samples", type=int, default=1000, help="images for correlations")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the dataset's)")
+    p.add_argument("--step-size", type=float, help="PGD step (default: the dataset's)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    p.add_argument(
+        "--corr-attack",
+        default="student",
+        choices=["student", "teacher"],
+        help="model the correlation's adversarial inputs are crafted on (default: student)",
+    )
+    p.add_argument(
+        "--tsne-attacker",
+        default="self",
+        help="'self' (each model attacks itself) or a model name crafting for all panels",
+    )
+    p.add_argument(
+        "--tsne-untargeted", action="store_true", help="untargeted PGD, not toward class a"
+    )
+    p.add_argument(
+        "--tsne-only-fooled", action="store_true", help="keep adversarial b classified as a"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("demo", help="robust teacher, undefended model and students on digits")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--full", action="store_true", help="more seeds and students (slower)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gacd.data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"gacd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"gacd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; re-run the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""GACD's contrastive core: embedding heads, memory bank, class-aware negatives, NCE loss."""
+
+from gacd.contrastive.heads import EmbeddingHead
+from gacd.contrastive.memory import ClassAwareNegativeSampler, MemoryBank
+from gacd.contrastive.nce import (
+    NormalizerZ,
+    estimate_log_z,
+    log_z_from_scores,
+    nce_loss,
+    nce_loss_from_scores,
+)
+
+__all__ = [
+    "ClassAwareNegativeSampler",
+    "EmbeddingHead",
+    "MemoryBank",
+    "NormalizerZ",
+    "estimate_log_z",
+    "log_z_from_scores",
+    "nce_loss",
+    "nce_loss_from_scores",
+]

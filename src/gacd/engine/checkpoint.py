@@ -1,0 +1,98 @@
+"""Checkpoints as plain dicts of tensors and primitives: written atomically, read with
+`weights_only=True`, and carrying every RNG state needed to resume bit-for-bit on CPU."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Write with torch.save to a temp file in the same directory, then rename over `path`,
+    so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from: Python, NumPy, torch (CPU, CUDA), and the run's
+    own CPU generator (data order, augmentation, attack starts, negative sampling)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": list(_encode_python_state(random.getstate())),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(_decode_python_state(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _encode_python_state(state: tuple) -> tuple:
+    # (version, tuple of 625 ints, gauss_next): tuples are fine for weights_only loading,
+    # but store the ints as a tensor to keep the file small and the types plain.
+    version, internal, gauss = state
+    return version, torch.tensor(internal, dtype=torch.int64), gauss
+
+
+def _decode_python_state(encoded: list) -> tuple:
+    version, internal, gauss = encoded
+    return version, tuple(int(v) for v in internal.tolist()), gauss
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the run's own CPU generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,65 @@
+"""Exported models: weights plus the architecture spec, rebuilt by `load_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gacd.engine.checkpoint import load_checkpoint, save_atomic
+from gacd.models import ImageClassifier, build_model
+
+FORMAT = "gacd-model-v1"
+
+
+def model_spec(model: ImageClassifier) -> dict[str, Any]:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("model was not built by gacd.models.build_model; it has no spec")
+    return dict(spec)
+
+
+def export_model(
+    model: ImageClassifier, path: str | Path, meta: dict[str, Any] | None = None
+) -> None:
+    """Save weights (fp32, on CPU) with the spec needed to rebuild the model."""
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+        for k, v in model.state_dict().items()
+    }
+    save_atomic(
+        {
+            "format": FORMAT,
+            "spec": model_spec(model),
+            "state_dict": state,
+            "meta": dict(meta or {}),
+        },
+        path,
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:
+    """Rebuild an exported model, load its weights, and return it in eval mode."""
+    blob = load_checkpoint(path)
+    if blob.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not an exported gacd model (format {blob.get('format')!r}); "
+            "training checkpoints are resumed with `gacd train --resume`, models are "
+            "exported next to them as model_best.pt / model_last.pt"
+        )
+    spec = blob["spec"]
+    model = build_model(
+        spec["arch"],
+        in_channels=spec["in_channels"],
+        num_classes=spec["num_classes"],
+        mean=spec["mean"],
+        std=spec["std"],
+        **spec.get("kwargs", {}),
+    )
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
+
+
+def load_model_meta(path: str | Path) -> dict[str, Any]:
+    return dict(load_checkpoint(path).get("meta", {}))

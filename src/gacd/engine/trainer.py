@@ -1,0 +1,284 @@
+"""The training loop shared by every method: it never names one.
+
+Per epoch: batches -> method.step -> backward -> optimiser -> method.after_step; then
+validation, metrics, a resumable checkpoint (atomic) and exported best/last models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from gacd.config import OptimConfig
+from gacd.data import Augment, DeviceSplit
+from gacd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
+from gacd.engine.distributed import (
+    average_gradients,
+    barrier,
+    broadcast_buffers,
+    is_main,
+    mean_across_ranks,
+    rank,
+    world_size,
+)
+from gacd.engine.export import export_model
+from gacd.engine.logging import MetricsLog, read_metrics
+from gacd.engine.schedule import lr_multiplier
+from gacd.evaluation.robust import NamedAttack, parse_attack, robust_accuracy
+from gacd.methods import Method
+
+CHECKPOINT = "checkpoint.pt"
+MODEL_LAST = "model_last.pt"
+MODEL_BEST = "model_best.pt"
+METRICS = "metrics.jsonl"
+TRAIN_FORMAT = "gacd-train-v1"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs: int
+    best_epoch: int
+    best_score: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model_best(self) -> Path:
+        return self.out_dir / MODEL_BEST
+
+    @property
+    def model_last(self) -> Path:
+        return self.out_dir / MODEL_LAST
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Runs `method` for `optim.epochs` epochs; `fit(resume=True)` continues a checkpoint."""
+
+    def __init__(
+        self,
+        method: Method,
+        train: DeviceSplit,
+        val: DeviceSplit | None,
+        *,
+        optim: OptimConfig,
+        batch_size: int,
+        augment: Augment,
+        out_dir: str | Path,
+        generator: torch.Generator,
+        val_attack: NamedAttack | None,
+        selection: str | None,
+        eval_batch_size: int = 512,
+        amp: bool = True,
+        progress: bool = True,
+        tensorboard: bool = False,
+        export_meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.train = train
+        self.val = val
+        self.optim_cfg = optim
+        self.batch_size = batch_size
+        self.augment = augment
+        self.out_dir = Path(out_dir)
+        self.generator = generator
+        self.val_attack = val_attack
+        self.selection = selection  # "val_adv", "val_nat" or None (keep the last epoch)
+        self.eval_batch_size = eval_batch_size
+        self.device = train.device
+        self.amp = amp and self.device.type == "cuda"
+        self.progress = progress
+        self.tensorboard = tensorboard
+        self.export_meta = dict(export_meta or {})
+        # drop_last keeps batch shapes fixed (memory-bank updates, compiled graphs) when the
+        # split is large enough; a tiny split keeps its single short batch. Data-parallel
+        # ranks need equal shapes and counts, so they always drop the rest.
+        self.world = world_size()
+        self.drop_last = len(train) >= 2 * batch_size or self.world > 1
+        self.iters_per_epoch = train.num_batches(batch_size, self.drop_last) // self.world
+        if self.iters_per_epoch < 1:
+            raise ValueError(
+                f"{len(train)} training samples give no full batch of {batch_size} per rank"
+            )
+        broadcast_buffers(method, parameters=True)  # all ranks start from rank 0's state
+        params = self.params = method.trainable_parameters()
+        if not params:
+            raise ValueError(f"method '{method.name}' has no trainable parameters")
+        self.optimizer = torch.optim.SGD(
+            params,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+        )
+        factor = lr_multiplier(
+            optim.schedule,
+            optim.epochs * self.iters_per_epoch,
+            self.iters_per_epoch,
+            warmup_epochs=optim.warmup_epochs,
+            milestones=optim.milestones,
+            gamma=optim.gamma,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self, epoch: int, best_epoch: int, best_score: float | None) -> dict[str, Any]:
+        return {
+            "format": TRAIN_FORMAT,
+            "epoch": epoch,
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "method_name": self.method.name,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generator),
+            "method_generator": self.method.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
+        if state.get("format") != TRAIN_FORMAT:
+            raise ValueError(f"not a gacd training checkpoint (format {state.get('format')!r})")
+        if state["method_name"] != self.method.name:
+            raise ValueError(
+                f"checkpoint was written by method '{state['method_name']}', "
+                f"this run is '{self.method.name}'"
+            )
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], self.generator)
+        self.method.generator.set_state(state["method_generator"])
+        return state["epoch"], state["best_epoch"], state["best_score"]
+
+    # -- loop --------------------------------------------------------------------------------
+    def fit(self, resume: bool = True) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = self.out_dir / CHECKPOINT
+        tensorboard = self.out_dir / "tensorboard" if self.tensorboard and is_main() else None
+        log = MetricsLog(self.out_dir / METRICS, tensorboard)
+        start, best_epoch, best_score = 0, 0, None
+        if resume and ckpt_path.exists():
+            start, best_epoch, best_score = self.load_state_dict(
+                load_checkpoint(ckpt_path, map_location=self.device)
+            )
+            if is_main():
+                log.truncate_after(start)
+        elif is_main() and (self.out_dir / METRICS).exists():
+            (self.out_dir / METRICS).unlink()
+        epochs = self.optim_cfg.epochs
+        try:
+            for epoch in range(start, epochs):
+                record = self._train_epoch(epoch, epochs)
+                record.update(self._validate())
+                score = record.get(self.selection) if self.selection else None
+                improved = (
+                    self.selection is None
+                    or best_score is None
+                    or (score is not None and score > best_score)
+                )
+                if improved:
+                    best_epoch, best_score = epoch + 1, score
+                if is_main():  # one writer; every rank holds the same state
+                    if improved:
+                        self._export(MODEL_BEST, epoch + 1, "best")
+                    log.write(record)
+                    save_atomic(self.state_dict(epoch + 1, best_epoch, best_score), ckpt_path)
+            if is_main():
+                self._export(MODEL_LAST, epochs, "last")
+            barrier()  # nobody reads rank 0's files before they are written
+        finally:
+            log.close()
+        return TrainResult(
+            self.out_dir, epochs, best_epoch, best_score, read_metrics(self.out_dir / METRICS)
+        )
+
+    def _export(self, name: str, epoch: int, selected: str) -> None:
+        meta = {**self.export_meta, "epoch": epoch, "selected": selected}
+        export_model(self.method.student, self.out_dir / name, meta)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _train_epoch(self, epoch: int, epochs: int) -> dict[str, Any]:
+        method = self.method
+        method.train()
+        method.start_epoch(epoch, epochs)
+        # Terms stay tensors until the epoch ends (or the bar refreshes): no device sync per step.
+        sums: dict[str, Tensor] = {}
+        count = 0
+        started = time.perf_counter()
+        batches = self.train.batches(
+            self.batch_size,
+            shuffle=True,
+            augment=self.augment,
+            generator=self.generator,
+            drop_last=self.drop_last,
+            shard=(rank(), self.world),
+        )
+        bar = tqdm(
+            batches,
+            total=self.iters_per_epoch,
+            desc=f"{method.name} {epoch + 1}/{epochs}",
+            leave=False,
+            disable=not (self.progress and is_main()),
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            with self._autocast():
+                loss, terms = method.step(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(self.params)
+            self.optimizer.step()
+            self.scheduler.step()
+            method.after_step(batch)
+            count += 1
+            for key, value in (("loss", loss), *terms.items()):
+                value = torch.as_tensor(value).detach().float()
+                sums[key] = sums[key] + value if key in sums else value
+            if self.progress and count % 10 == 1:
+                bar.set_postfix({k: f"{float(v) / count:.3g}" for k, v in list(sums.items())[:4]})
+        bar.close()
+        # Ranks drift apart only in BatchNorm statistics (gradients are averaged): take rank 0's.
+        broadcast_buffers(method)
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        means = {f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}
+        record.update(mean_across_ranks(means))
+        record["epoch_seconds"] = time.perf_counter() - started
+        if not math.isfinite(record.get("train_loss", 0.0)):
+            raise NonFiniteLoss(f"non-finite mean loss at epoch {epoch + 1}")
+        return record
+
+    def _validate(self) -> dict[str, float]:
+        if self.val is None or len(self.val) == 0 or self.selection is None:
+            return {}
+        student = self.method.student
+
+        out = {
+            "val_nat": robust_accuracy(
+                student, self.val, parse_attack("natural", 0, 0), batch_size=self.eval_batch_size
+            )
+        }
+        if self.val_attack is not None:
+            out["val_adv"] = robust_accuracy(
+                student,
+                self.val,
+                self.val_attack,
+                batch_size=self.eval_batch_size,
+                generator=self.generator,
+            )
+        return out

@@ -1,0 +1,70 @@
+"""Evaluate a model under a list of attacks and write the result as JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gacd.data import DeviceSplit
+from gacd.evaluation.robust import parse_attack, robust_accuracy
+
+
+def evaluate_model(
+    model: nn.Module,
+    split: DeviceSplit,
+    attacks: list[str],
+    *,
+    eps: float,
+    step_size: float,
+    restarts: int = 1,
+    batch_size: int = 512,
+    seed: int = 0,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy (%) under each named attack, with every attack's settings spelled out."""
+    parsed = [parse_attack(a, eps, step_size, restarts) for a in attacks]  # fail before work
+    n = len(split) if max_samples is None else min(len(split), max_samples)
+    results: dict[str, Any] = {"samples": n, "eps": eps, "accuracy": {}, "attacks": {}}
+    for attack in parsed:
+        generator = torch.Generator().manual_seed(seed)
+        results["accuracy"][attack.name] = robust_accuracy(
+            model,
+            split,
+            attack,
+            batch_size=batch_size,
+            generator=generator,
+            max_samples=max_samples,
+            progress=progress,
+        )
+        results["attacks"][attack.name] = attack.describe()
+    return results
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def evaluation_markdown(title: str, result: dict[str, Any]) -> str:
+    rows = [[name, acc, result["attacks"][name]] for name, acc in result["accuracy"].items()]
+    return (
+        f"# {title}\n\n{result['samples']} samples.\n\n"
+        + markdown_table(["attack", "accuracy (%)", "settings"], rows)
+        + "\n"
+    )
+
+
+def write_results(out_dir: str | Path, stem: str, payload: dict[str, Any], markdown: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown)

@@ -1,0 +1,103 @@
+"""Accuracy under attack over a whole split, with the attack spelled out in the result."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gacd.attacks import AttackSpec, attack_mode, cross_entropy, cw_margin, misclassified, pgd
+from gacd.data import DeviceSplit
+
+CW_DEFAULT_STEPS = 30
+
+
+@dataclass(frozen=True)
+class NamedAttack:
+    """A parsed attack name: kind is natural | fgsm | pgd | cw | autoattack."""
+
+    name: str
+    kind: str
+    spec: AttackSpec | None
+
+    def describe(self) -> str:
+        if self.kind == "natural":
+            return "clean inputs"
+        if self.kind == "autoattack":
+            return f"AutoAttack (standard), L-inf eps={self.spec.eps:.4g}"  # type: ignore[union-attr]
+        loss = "CW margin" if self.kind == "cw" else "cross-entropy"
+        return f"{self.kind.upper()} on {loss}: {self.spec.describe()}"  # type: ignore[union-attr]
+
+
+ATTACK_HELP = "natural, fgsm, pgdK (e.g. pgd20), cw or cwK (e.g. cw30), autoattack"
+
+
+def parse_attack(name: str, eps: float, step_size: float, restarts: int = 1) -> NamedAttack:
+    """Turn 'pgd20' into a PGD-20 spec at the given budget (and so on for each kind)."""
+    name = name.strip().lower()
+    if name == "natural":
+        return NamedAttack(name, "natural", None)
+    if name == "fgsm":
+        return NamedAttack(name, "fgsm", AttackSpec(eps, eps, 1, random_start=False))
+    if name == "autoattack":
+        return NamedAttack(name, "autoattack", AttackSpec(eps, step_size, 100))
+    match = re.fullmatch(r"(pgd|cw)(\d*)", name)
+    if match:
+        kind, steps = match.group(1), match.group(2)
+        n = int(steps) if steps else (20 if kind == "pgd" else CW_DEFAULT_STEPS)
+        if n < 1:
+            raise ValueError(f"attack '{name}': needs at least one step")
+        return NamedAttack(name, kind, AttackSpec(eps, step_size, n, True, restarts))
+    raise ValueError(f"unknown attack '{name}'; allowed: {ATTACK_HELP}")
+
+
+@torch.no_grad()
+def robust_accuracy(
+    model: nn.Module,
+    split: DeviceSplit,
+    attack: NamedAttack,
+    *,
+    batch_size: int = 512,
+    generator: torch.Generator | None = None,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> float:
+    """Accuracy (%) of `model` (kept in eval mode) on `split` under `attack`."""
+    if attack.kind == "autoattack":
+        from gacd.evaluation.autoattack import autoattack_accuracy
+
+        return autoattack_accuracy(
+            model,
+            split,
+            attack.spec.eps,
+            batch_size=batch_size,  # type: ignore[union-attr]
+            max_samples=max_samples,
+        )
+    correct = total = 0
+    batches = split.batches(batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=split.num_batches(batch_size), desc=attack.name, leave=False)
+    with attack_mode([model], train=False):
+        for batch in batches:
+            x, y = batch.images, batch.labels
+            if max_samples is not None:
+                keep = max(0, min(len(y), max_samples - total))
+                if keep == 0:
+                    break
+                x, y = x[:keep], y[:keep]
+            if attack.spec is not None:
+                make = cw_margin if attack.kind == "cw" else cross_entropy
+                x = pgd(
+                    make(model, y),
+                    x,
+                    attack.spec,
+                    generator=generator,
+                    per_sample_best=misclassified(model, y),
+                )
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return 100.0 * correct / max(total, 1)

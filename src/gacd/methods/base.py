@@ -1,0 +1,144 @@
+"""The method contract: a training method turns a batch into a loss; the loop does the rest.
+
+A method owns the student, its extra modules (heads, memory bank) and its training-time
+attack. The teacher is held but not registered as a submodule, so it never enters the
+optimiser, the checkpoint or `.train()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from gacd.attacks import AttackSpec, attack_mode, pgd
+from gacd.attacks.pgd import Objective
+from gacd.config import ConfigError, from_dict
+from gacd.data import Batch
+from gacd.models import ImageClassifier
+
+
+@dataclass
+class MethodContext:
+    """What every method may use besides its options."""
+
+    student: ImageClassifier
+    teacher: ImageClassifier | None
+    attack: AttackSpec
+    attack_train_mode: bool
+    num_classes: int
+    train_labels: Tensor  # labels of the training split, on the training device
+    generator: torch.Generator  # CPU generator for attack starts and sampling (checkpointed)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Method(nn.Module):
+    """Base class: subclasses set `name`, `Options` (a dataclass) and implement `loss`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs_teacher: ClassVar[bool] = False
+    # Validation metric that picks the best epoch: "val_adv", "val_nat", or None to keep the
+    # last epoch (feature distillation, whose classifier is not trained, has nothing to pick by).
+    selection: ClassVar[str | None] = "val_adv"
+
+    def __init__(self, ctx: MethodContext, options: Any) -> None:
+        super().__init__()
+        if self.needs_teacher and ctx.teacher is None:
+            raise ConfigError(f"method '{self.name}' needs a teacher: set teacher=PATH")
+        self.student = ctx.student
+        self.options = options
+        self.attack = ctx.attack
+        self.attack_train_mode = ctx.attack_train_mode
+        self.num_classes = ctx.num_classes
+        self.generator = ctx.generator
+        object.__setattr__(self, "_teacher", ctx.teacher)  # not a submodule, on purpose
+        if ctx.teacher is not None:
+            ctx.teacher.eval().requires_grad_(False)
+
+    @property
+    def teacher(self) -> ImageClassifier:
+        assert self._teacher is not None
+        return self._teacher
+
+    def adversary(
+        self, make_objective: Callable[[], Objective], x: Tensor, models: list[nn.Module]
+    ) -> Tensor:
+        """Run the training attack with `models` in attack mode (restored afterwards).
+
+        The objective is built inside that mode, so reference outputs it computes (e.g. the
+        clean logits TRADES attacks against) come from the same mode as the attack."""
+        with attack_mode(models, train=self.attack_train_mode):
+            with torch.no_grad():
+                objective = make_objective()
+            return pgd(objective, x, self.attack, generator=self.generator)
+
+    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss to minimise and named terms for logging (detached 0-d tensors: the loop
+        averages them per epoch without a device sync per step)."""
+        raise NotImplementedError
+
+    def after_step(self, batch: Batch) -> None:
+        """Called after the optimiser step (memory bank updates and the like)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each epoch (0-based), e.g. for warm-up schedules."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"bad or duplicate method name {cls.name!r}")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _import_all() -> None:
+    import importlib
+    import pkgutil
+
+    import gacd.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base",):
+            importlib.import_module(f"gacd.methods.{info.name}")
+
+
+def method_names() -> list[str]:
+    _import_all()
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    _import_all()
+    if name not in _METHODS:
+        raise ConfigError(
+            f"method.name: unknown method '{name}'; known: {', '.join(method_names())}"
+        )
+    return _METHODS[name]
+
+
+def method_options(section: dict[str, Any]) -> tuple[type[Method], Any]:
+    """Resolve a config's `method` section ({'name': ..., options...}) to (class, options)."""
+    if "name" not in section:
+        raise ConfigError(f"method.name is required; known: {', '.join(method_names())}")
+    cls = method_class(section["name"])
+    values = {k: v for k, v in section.items() if k != "name"}
+    return cls, from_dict(cls.Options, values, prefix="method.")
+
+
+def build_method(section: dict[str, Any], ctx: MethodContext) -> Method:
+    cls, options = method_options(section)
+    return cls(ctx, options)
