@@ -18,7 +18,11 @@ def main() -> None:
     config = load_run_config(None, [f"out={out}", "progress=false", *overrides])
     trainer = build_trainer(config)
     trainer.fit(resume=False)
-    state = {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}
+    state = {
+        k: v.detach().cpu()
+        for k, v in trainer.method.state_dict().items()
+        if isinstance(v, torch.Tensor)
+    }
     torch.save(state, f"{out}/rank{rank()}_state.pt")
 
 

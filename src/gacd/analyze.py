@@ -155,27 +155,28 @@ def run_analysis(
     config.data.classes = meta.get("classes")
     config.data.resize = meta.get("resize")
     torch_device = resolve_device(device)
-    data = prepare_data(config, torch_device)
-    raw = data.raw
-    c = raw.num_classes
+    # Models first: a wrong class index or architecture fails before a large dataset loads.
+    loaded = {n: load_model(p, torch_device) for n, p in paths.items()}
+    c = int(loaded[TEACHER].spec["num_classes"])
     a, b = classes_pair if classes_pair is not None else (DEFAULT_PAIR if c >= 10 else (0, 1))
     for k in (a, b):
         if not 0 <= k < c:
-            raise ConfigError(f"class index {k} is out of range: '{name}' has classes 0..{c - 1}")
+            raise ConfigError(
+                f"class index {k} is out of range: the models have classes 0..{c - 1}"
+            )
     if a == b:
         raise ConfigError(f"--classes-pair needs two different classes, got {a},{b}")
 
-    loaded = {}
-    for model_name, path in paths.items():
-        model = load_model(path, torch_device)
+    data = prepare_data(config, torch_device)
+    raw = data.raw
+    for model_name, model in loaded.items():
         spec = model.spec
-        if spec["num_classes"] != c or spec["in_channels"] != raw.image_shape[0]:
+        if spec["num_classes"] != raw.num_classes or spec["in_channels"] != raw.image_shape[0]:
             raise ConfigError(
-                f"{model_name}: {path} has {spec['num_classes']} classes and "
-                f"{spec['in_channels']} channels; dataset '{name}' has {c} and "
+                f"{model_name}: {paths[model_name]} has {spec['num_classes']} classes and "
+                f"{spec['in_channels']} channels; dataset '{name}' has {raw.num_classes} and "
                 f"{raw.image_shape[0]}"
             )
-        loaded[model_name] = model
     attack = AttackSpec(
         eps=data.defaults.eps if eps is None else eps,
         step_size=data.defaults.step_size if step_size is None else step_size,
@@ -236,6 +237,9 @@ def run_analysis(
             )
         )
     names_ab = (raw.class_names[a], raw.class_names[b])
+    crafted_by = "each model attacking itself" if tsne_attacker == "self" else tsne_attacker
+    direction = f"PGD toward {names_ab[0]}" if tsne_targeted else "untargeted PGD"
+    tsne_how = f"{direction}, crafted by {crafted_by}"
     subtitles = {
         n: f"adv {names_ab[1]} kept as {names_ab[1]}: {e.summary['adv_pred_b_percent']:.0f}%"
         for n, e in embeddings.items()
@@ -246,7 +250,8 @@ def run_analysis(
             out / "tsne.png",
             class_names=names_ab,
             subtitles=subtitles,
-            title=f"t-SNE of penultimate features ({name}, {attack.describe()})",
+            title=f"t-SNE of penultimate features ({name}); adversarial {names_ab[1]}: "
+            f"{tsne_how}\n{attack.describe()}",
         )
     )
 
@@ -290,8 +295,7 @@ def run_analysis(
                 "attacker": tsne_attacker,
                 "targeted": tsne_targeted,
                 "only_fooled": tsne_only_fooled,
-                "attack": ("PGD targeted toward class a" if tsne_targeted else "untargeted PGD")
-                + f" on class-b images, crafted by {tsne_attacker}: {attack.describe()}",
+                "attack": f"{tsne_how} (on natural {names_ab[1]} images): {attack.describe()}",
                 "point_kinds": list(POINT_KINDS),
                 "models": {
                     n: {"summary": e.summary, "coords": e.coords, "kinds": e.kinds}

@@ -110,12 +110,72 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from gacd.transfer import run_transfer
+
+    try:
+        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
+    except ValueError:
+        raise ConfigError(
+            f"--classes '{args.classes}': expected comma-separated integers, e.g. 5,6,7,8,9"
+        ) from None
+    payload = run_transfer(
+        args.student,
+        dataset=args.dataset,
+        root=args.data_root,
+        classes=classes,
+        resize=args.resize,
+        out_dir=args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        eps=args.eps,
+        step_size=args.step_size,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        resume=not args.no_resume,
+    )
+    for name, acc in payload["accuracy"].items():
+        print(f"{name:>12}: {acc:6.2f}%   ({payload['attacks'][name]})")
+    print(f"results -> {Path(args.out) / 'transfer.json'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gacd.demo import run_demo
 
     run_demo(
-        Path(args.out), full=args.full, seed=args.seed, device=args.device, progress=not args.quiet
+        Path(args.out),
+        full=args.full,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        epochs_scale=args.epochs_scale,
     )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gacd.experiments import load_experiment, plan_experiment, run_experiment
+
+    experiment = load_experiment(args.config, list(args.overrides))
+    if args.dry_run:
+        from gacd.experiments.runner import describe_plan
+
+        for line in describe_plan(experiment, plan_experiment(experiment)):
+            print(line)
+        return 0
+    results = run_experiment(experiment, report=not args.no_report)
+    print(f"{len(results['records'])} evaluations -> {Path(experiment.out) / 'results.json'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from gacd.experiments import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
@@ -203,13 +263,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_analyze)
 
+    p = sub.add_parser(
+        "transfer", help="linear probe of a frozen student on another dataset / label set"
+    )
+    p.add_argument("--student", required=True, help="exported student model (model_best.pt)")
+    p.add_argument("--dataset", required=True, help="target dataset name (e.g. digits, cifar100)")
+    p.add_argument("--data-root", help="directory holding the target dataset's files")
+    p.add_argument("--classes", help="keep these target labels only, e.g. 5,6,7,8,9")
+    p.add_argument("--resize", type=int, help="resize target images to N x N")
+    p.add_argument("--epochs", type=int, default=20, help="probe epochs (default: 20)")
+    p.add_argument("--lr", type=float, default=0.2, help="probe learning rate (default: 0.2)")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the target dataset's)")
+    p.add_argument("--step-size", type=float, help="PGD step (default: the dataset's)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-samples", type=int, help="evaluate on the first N test samples only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds a run")
+    p.add_argument("--out", required=True, help="output directory (transfer.json / transfer.md)")
+    p.set_defaults(func=_cmd_transfer)
+
     p = sub.add_parser("demo", help="robust teacher, undefended model and students on digits")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--full", action="store_true", help="more seeds and students (slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's epochs (e.g. 0.2 for a quick look)",
+    )
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "run", help="run an experiment: teachers -> students -> evaluation -> report (cached)"
+    )
+    p.add_argument("config", help="experiment YAML (e.g. configs/digits/experiments/table1.yaml)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the experiment, e.g. out=runs/t1 base.optim.epochs=5",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the stages and their state only")
+    p.add_argument("--no-report", action="store_true", help="do not write report.md at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="render RUN_DIR/report.md from RUN_DIR/results.json")
+    p.add_argument("run_dir", help="an experiment's out directory")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -31,6 +31,7 @@ class Stage:
     role: str  # "reference" (undefended, teacher), "student", or "distillation" (not scored)
     label: str
     overrides: list[str]
+    method: str = ""  # the name in results when it is not the config's method (GACD rows)
 
 
 def demo_stages(seed: int) -> list[Stage]:
@@ -99,6 +100,7 @@ def demo_stages(seed: int) -> list[Stage]:
                 "optim.lr=0.05",
                 "optim.weight_decay=0",
             ],
+            method="gacd",
         ),
         Stage(
             "gacd_aft",
@@ -111,17 +113,35 @@ def demo_stages(seed: int) -> list[Stage]:
                 "optim.epochs=15",
                 "optim.lr=0.05",
             ],
+            method="gacd_aft",
         ),
     ]
 
 
-def _fill(overrides: list[str], paths: dict[str, Path]) -> list[str]:
-    return [o.format(**{k: str(v) for k, v in paths.items()}) for o in overrides]
+def _fill(overrides: list[str], paths: dict[str, Path], epochs_scale: float) -> list[str]:
+    """Insert earlier stages' directories and scale the epoch counts."""
+    out = []
+    for o in overrides:
+        if o.startswith("optim.epochs="):
+            o = f"optim.epochs={max(1, round(int(o.split('=')[1]) * epochs_scale))}"
+        out.append(o.format(**{k: str(v) for k, v in paths.items()}))
+    return out
 
 
 def run_demo(
-    out: Path, *, full: bool = False, seed: int = 0, device: str = "auto", progress: bool = True
+    out: Path,
+    *,
+    full: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    epochs_scale: float = 1.0,
 ) -> dict[str, Any]:
+    """Run (or resume) every stage, evaluate, and write OUT/results.json and results.md.
+
+    `full` runs three seeds; `epochs_scale` shrinks every stage (a quick look, or tests)."""
+    if epochs_scale <= 0:
+        raise ValueError(f"epochs scale must be positive, got {epochs_scale}")
     started = time.perf_counter()
     seeds = [seed, seed + 1, seed + 2] if full else [seed]
     torch_device = resolve_device(device)
@@ -135,7 +155,7 @@ def run_demo(
             config = load_run_config(
                 None,
                 [
-                    *_fill(stage.overrides, paths),
+                    *_fill(stage.overrides, paths, epochs_scale),
                     f"out={stage_dir}",
                     f"device={device}",
                     f"progress={str(progress).lower()}",
@@ -157,7 +177,7 @@ def run_demo(
                     "label": stage.label,
                     "role": stage.role,
                     "seed": s,
-                    "method": config.method["name"],
+                    "method": stage.method or config.method["name"],
                     "architecture": model.spec["arch"],
                     "natural": acc["natural"],
                     "pgd": acc["pgd20"],
@@ -193,23 +213,48 @@ def _summarise(
         },
         "models": [r for r in rows if r["role"] == "reference"],
         "students": [r for r in rows if r["role"] == "student"],
+        "summary": summarise_seeds(rows),
         "wall_seconds": seconds,
     }
 
 
+def summarise_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (sample) standard deviation per model across seeds, in stage order."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        group = [r for r in rows if r["name"] == name]
+        entry = {k: group[0][k] for k in ("name", "label", "role", "method", "architecture")}
+        entry["seeds"] = [r["seed"] for r in group]
+        for key in ("natural", "pgd"):
+            values = [r[key] for r in group]
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+            entry[key] = mean
+            entry[f"{key}_std"] = var**0.5
+        out.append(entry)
+    return out
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     a = results["attack"]
+    summary = results["summary"]
+    n_seeds = max(len(r["seeds"]) for r in summary)
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        return f"{r[key]:.2f}" + (f" ± {r[key + '_std']:.2f}" if n_seeds > 1 else "")
+
+    seeds = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else f"seed {summary[0]['seeds'][0]}"
     lines = [
         "# gacd demo on scikit-learn digits",
         "",
-        f"Test split accuracy (%); PGD-20, L-inf eps={a['eps']:.3g}, step {a['step_size']:.3g}, "
-        "random start.",
+        f"Test split accuracy (%), {seeds}; PGD-20, L-inf eps={a['eps']:.3g}, "
+        f"step {a['step_size']:.3g}, random start.",
         "",
         markdown_table(
-            ["model", "architecture", "seed", "natural", "PGD-20"],
+            ["model", "method", "architecture", "natural", "PGD-20"],
             [
-                [r["label"], r["architecture"], r["seed"], r["natural"], r["pgd"]]
-                for r in results["models"] + results["students"]
+                [r["label"], r["method"], r["architecture"], cell(r, "natural"), cell(r, "pgd")]
+                for r in summary
             ],
         ),
         "",

@@ -35,9 +35,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path} holds a {type(blob).__name__}, not a gacd checkpoint or model")
+    return blob
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -39,15 +39,20 @@ def export_model(
     )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:
-    """Rebuild an exported model, load its weights, and return it in eval mode."""
+def _load_exported(path: str | Path) -> dict[str, Any]:
     blob = load_checkpoint(path)
     if blob.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not an exported gacd model (format {blob.get('format')!r}); "
-            "training checkpoints are resumed with `gacd train --resume`, models are "
-            "exported next to them as model_best.pt / model_last.pt"
+            "a training checkpoint (checkpoint.pt) resumes when its run is started again; "
+            "the models are exported beside it as model_best.pt / model_last.pt"
         )
+    return blob
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:
+    """Rebuild an exported model, load its weights, and return it in eval mode."""
+    blob = _load_exported(path)
     spec = blob["spec"]
     model = build_model(
         spec["arch"],
@@ -62,4 +67,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ImageCla
 
 
 def load_model_meta(path: str | Path) -> dict[str, Any]:
-    return dict(load_checkpoint(path).get("meta", {}))
+    """The metadata an exported model carries (dataset, method, eps, ...)."""
+    return dict(_load_exported(path).get("meta", {}))

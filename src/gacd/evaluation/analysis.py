@@ -96,13 +96,13 @@ def logit_correlation(logits: np.ndarray) -> tuple[np.ndarray, list[int]]:
     [-1, 1]) and one dead output does not turn every mean into nan; the indices of such
     classes are returned so callers can report them.
     """
-    x = np.asarray(logits, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"need logits [N >= 2, C], got shape {x.shape}")
-    x = x - x.mean(axis=0, keepdims=True)
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"need logits [N >= 2, C], got shape {z.shape}")
+    x = z - z.mean(axis=0, keepdims=True)
     norm = np.sqrt((x * x).sum(axis=0))
     # Relative tolerance: centring identical float values can leave ~1e-16 residue.
-    scale = np.maximum(1.0, np.abs(logits).max(axis=0))
+    scale = np.maximum(1.0, np.abs(z).max(axis=0))
     constant = norm <= 1e-9 * scale * np.sqrt(x.shape[0])
     safe = np.where(constant, 1.0, norm)
     corr = (x.T @ x) / np.outer(safe, safe)

@@ -85,12 +85,12 @@ def _quiet_autoattack(log_path: str | Path | None) -> Iterator[_Capture]:
     with contextlib.ExitStack() as stack:
         if log_path is not None:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            stream = stack.enter_context(open(log_path, "a"))  # noqa: SIM115
+            stream = stack.enter_context(open(log_path, "a"))
             file_handler = logging.StreamHandler(stream)
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             handlers: list[logging.Handler] = [capture, file_handler]
         else:
-            stream = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+            stream = stack.enter_context(open(os.devnull, "w"))
             handlers = [capture]
         logger.handlers = handlers
         logger.setLevel(logging.DEBUG if log_path is not None else logging.WARNING)
@@ -187,12 +187,18 @@ def autoattack_accuracy(
         with torch.no_grad():
             num_classes = int(model(x[:1]).shape[1])
         run_attacks = list(attacks) if attacks is not None else None
-        needs_dlr = version != "custom" or any(a in ("apgd-dlr", "apgd-t") for a in attacks or ())
-        if needs_dlr and num_classes < 4:
-            # The (targeted) DLR loss reads the 3rd (4th) largest logit.
+        # The DLR loss reads the 3rd largest logit, its targeted form the 4th.
+        chosen = set(run_attacks or ())
+        if version in ("standard", "plus") or "apgd-t" in chosen:
+            min_classes = 4
+        elif version == "rand" or "apgd-dlr" in chosen:
+            min_classes = 3
+        else:
+            min_classes = 2
+        if num_classes < min_classes:
             raise ConfigError(
-                f"AutoAttack ({version}) needs at least 4 classes for its DLR-loss attacks; "
-                f"the model has {num_classes}: use version='custom' with attacks "
+                f"AutoAttack ({version}) needs at least {min_classes} classes for its DLR-loss "
+                f"attacks; the model has {num_classes}: use version='custom' with attacks "
                 "['apgd-ce', 'fab', 'square']"
             )
         with _quiet_autoattack(log_path) as capture, torch.random.fork_rng(_rng_devices(device)):

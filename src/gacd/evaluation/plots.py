@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -35,13 +36,14 @@ def _save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def _class_ticks(ax, class_names: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
+def _class_ticks(ax: Axes, class_names: Sequence[str]) -> None:
     n = len(class_names)
     step = max(1, int(np.ceil(n / MAX_TICK_LABELS)))  # many classes: label every step-th
     ticks = np.arange(0, n, step)
     names = [str(class_names[i]) for i in ticks]
-    ax.set_xticks(ticks, names, rotation=90 if max(len(s) for s in names) > 2 else 0)
-    ax.set_yticks(ticks, names)
+    size = 8 if len(ticks) <= 12 else 6
+    ax.set_xticks(ticks, names, rotation=90 if max(len(s) for s in names) > 2 else 0, fontsize=size)
+    ax.set_yticks(ticks, names, fontsize=size)
 
 
 def correlation_heatmaps(
@@ -66,7 +68,7 @@ def correlation_heatmaps(
     if vmax is None:
         vmax = float(max(np.nanmax(natural), np.nanmax(adversarial)))
     vmax = vmax if vmax > 0 else 1.0  # an all-zero difference still gets a scale
-    side = 3.2 + 0.12 * min(c, 100)
+    side = 3.2 + 0.12 * min(c, 40)  # grows with the class count, capped at ~8 inches
     fig = Figure(figsize=(2 * side + 1.2, side + 0.8), layout="constrained")
     axes = fig.subplots(1, 2)
     image = None

@@ -7,6 +7,7 @@ optimiser, the checkpoint or `.train()`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -136,6 +137,13 @@ def method_options(section: dict[str, Any]) -> tuple[type[Method], Any]:
         raise ConfigError(f"method.name is required; known: {', '.join(method_names())}")
     cls = method_class(section["name"])
     values = {k: v for k, v in section.items() if k != "name"}
+    allowed = ["name", *(f.name for f in dataclasses.fields(cls.Options))]
+    unknown = [k for k in values if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"unknown key 'method.{unknown[0]}' for method '{cls.name}'; "
+            f"allowed: {', '.join('method.' + k for k in allowed)}"
+        )
     return cls, from_dict(cls.Options, values, prefix="method.")
 
 

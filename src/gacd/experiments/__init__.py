@@ -1,0 +1,24 @@
+"""Experiments: teachers -> students -> evaluation -> report, as cached pipeline stages.
+
+`gacd run CONFIG` executes one (`run_experiment`), `gacd report RUN_DIR` renders its
+report (`write_report`).
+"""
+
+from gacd.experiments.plan import RECIPES, Plan, Stage, plan_experiment
+from gacd.experiments.report import render_report, write_report
+from gacd.experiments.runner import collect_results, run_experiment
+from gacd.experiments.spec import ExperimentConfig, experiment_from_dict, load_experiment
+
+__all__ = [
+    "RECIPES",
+    "ExperimentConfig",
+    "Plan",
+    "Stage",
+    "collect_results",
+    "experiment_from_dict",
+    "load_experiment",
+    "plan_experiment",
+    "render_report",
+    "run_experiment",
+    "write_report",
+]

@@ -1,0 +1,577 @@
+"""Tests for the GACD method (gacd.methods.gacd): its NCE scoring path, negatives, memory
+bank discipline, sample weights, options, checkpoint/resume, collapse and linear probe.
+
+Every check compares the method against an independent fact: the public `nce_loss`, the
+labels, a softmax computed by hand, a clone of the bank, an uninterrupted run. The robust
+teacher and the digits splits come from the session fixtures in conftest.py
+(`digits_teacher_path`, `digits_data`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gacd.attacks import AttackSpec
+from gacd.config import RunConfig, load_run_config
+from gacd.contrastive import MemoryBank, NormalizerZ, estimate_log_z, nce_loss
+from gacd.data import Batch
+from gacd.engine.checkpoint import load_checkpoint
+from gacd.engine.export import load_model
+from gacd.engine.trainer import CHECKPOINT, MODEL_LAST, Trainer
+from gacd.evaluation.robust import parse_attack, robust_accuracy
+from gacd.methods import MethodContext, build_method
+from gacd.methods.gacd import GACD
+from gacd.methods.losses import teacher_confidence
+from gacd.models import ImageClassifier, build_model
+from gacd.run import PreparedData, build_trainer, train
+
+STUDENT_ARCH = "digits_cnn_small"
+ATTACK = AttackSpec(eps=0.2, step_size=0.08, steps=2)
+# A short distillation (the training attack cut to 2 steps to keep the file fast).
+DISTILL_EPOCHS = 4
+DISTILL_OVERRIDES = [
+    "method.name=gacd",
+    f"model.arch={STUDENT_ARCH}",
+    "attack.steps=2",
+    "attack.step_size=0.08",
+    "optim.lr=0.05",
+    "device=cpu",
+    "progress=false",
+    "seed=0",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _config(out: Path, teacher: Path, epochs: int, *extra: str) -> RunConfig:
+    return load_run_config(
+        None,
+        [*DISTILL_OVERRIDES, f"out={out}", f"teacher={teacher}", f"optim.epochs={epochs}", *extra],
+    )
+
+
+def _student(data: PreparedData, seed: int) -> ImageClassifier:
+    torch.manual_seed(seed)
+    raw = data.raw
+    return build_model(
+        STUDENT_ARCH, in_channels=1, num_classes=raw.num_classes, mean=raw.mean, std=raw.std
+    )
+
+
+def _gacd(
+    teacher_path: Path,
+    data: PreparedData,
+    *,
+    seed: int = 0,
+    attack: AttackSpec = ATTACK,
+    **options: Any,
+) -> GACD:
+    ctx = MethodContext(
+        student=_student(data, seed),
+        teacher=load_model(teacher_path),
+        attack=attack,
+        attack_train_mode=False,
+        num_classes=data.raw.num_classes,
+        train_labels=data.train.labels,
+        generator=torch.Generator().manual_seed(1000 + seed),
+    )
+    method = build_method({"name": "gacd", **options}, ctx)
+    assert isinstance(method, GACD)
+    return method.train()
+
+
+def _batch(data: PreparedData, n: int = 64, offset: int = 0) -> Batch:
+    return data.train.batch_at(torch.arange(offset, offset + n))
+
+
+def _banks(method: GACD) -> dict[str, MemoryBank]:
+    return {
+        name: getattr(method, name)
+        for name in ("teacher_bank", "student_bank")
+        if hasattr(method, name)
+    }
+
+
+def _sgd_step(method: GACD, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
+    loss, _ = method.step(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    method.after_step(batch)
+    return float(loss.detach())
+
+
+def _embedding_cosines(method: GACD, data: PreparedData) -> tuple[float, float]:
+    """(mean within-class, mean across-class) cosine of student embeddings on the test
+    split; self-pairs excluded."""
+    split = data.test
+    x = split.images.float() / split.pixel_max
+    y = split.labels
+    method.eval()
+    with torch.no_grad():
+        emb = method.student_head(method.student.forward_features(x)[0])
+    cos = emb @ emb.T
+    same = y[:, None] == y[None, :]
+    off_diag = ~torch.eye(len(y), dtype=torch.bool)
+    return float(cos[same & off_diag].mean()), float(cos[~same].mean())
+
+
+def _method_state(trainer: Trainer) -> dict[str, Tensor]:
+    return trainer.method.state_dict()
+
+
+def _assert_states_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def distilled(
+    tmp_path_factory: pytest.TempPathFactory, digits_teacher_path: Path
+) -> tuple[Trainer, Path]:
+    """A short default-form GACD distillation (student anchor) through build_trainer + fit;
+    the trainer (with the live method) and its output directory."""
+    out = tmp_path_factory.mktemp("gacd_distilled")
+    trainer = build_trainer(_config(out, digits_teacher_path, DISTILL_EPOCHS))
+    trainer.fit(resume=False)
+    return trainer, out
+
+
+# ----------------------------------------------------------------------------- 1. NCE
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bank_scored_nce_equals_public_nce_loss_and_gradients(
+    digits_teacher_path: Path, digits_data: PreparedData, weighted: bool
+) -> None:
+    method = _gacd(digits_teacher_path, digits_data)
+    bank = method.teacher_bank
+    # Make the bank rows differ from their random init (any unit rows will do).
+    g = torch.Generator().manual_seed(5)
+    bank.update(torch.arange(200), F.normalize(torch.randn(200, bank.dim, generator=g), dim=1))
+    batch = 24
+    anchor = F.normalize(torch.randn(batch, bank.dim, generator=g), dim=1)
+    positive = F.normalize(anchor + 0.5 * torch.randn(batch, bank.dim, generator=g), dim=1)
+    labels = digits_data.train.labels[:batch]
+    negatives = method.sampler.sample(labels, method.k, generator=g)
+    weight = torch.rand(batch, generator=g) if weighted else None
+    temperature, n_data = method.options.temperature, method.n_data
+
+    # Z not yet set: the method estimates it from these negatives, as the public helper does.
+    z = NormalizerZ()
+    a1 = anchor.clone().requires_grad_(True)
+    loss1 = method._nce(a1, positive, bank, z, negatives, weight)
+    (grad1,) = torch.autograd.grad(loss1, a1)
+    expected_log_z = estimate_log_z(anchor, bank.rows(negatives), temperature, n_data)
+    assert float(z.log_z) == pytest.approx(expected_log_z, rel=1e-5)
+
+    a2 = anchor.clone().requires_grad_(True)
+    loss2 = nce_loss(
+        a2, positive, bank.rows(negatives), weight, temperature, n_data, float(z.log_z)
+    )
+    (grad2,) = torch.autograd.grad(loss2, a2)
+    torch.testing.assert_close(loss1, loss2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad1, grad2, rtol=1e-4, atol=1e-6)
+    assert grad1.abs().sum() > 0
+
+    # With Z already set (a value far from the batch's), the fixed value is used.
+    z_fixed = NormalizerZ()
+    z_fixed.set_value(3.0)
+    loss3 = method._nce(anchor, positive, bank, z_fixed, negatives, weight)
+    loss4 = nce_loss(anchor, positive, bank.rows(negatives), weight, temperature, n_data, 3.0)
+    torch.testing.assert_close(loss3, loss4, rtol=1e-5, atol=1e-5)
+    assert float(z_fixed.log_z) == 3.0
+
+
+# ----------------------------------------------------------------------------- 2. negatives
+
+
+def test_negatives_never_share_the_anchor_class(
+    digits_teacher_path: Path, digits_data: PreparedData
+) -> None:
+    method = _gacd(digits_teacher_path, digits_data)
+    train_labels = digits_data.train.labels
+    order = torch.Generator().manual_seed(3)
+    seen = torch.zeros(len(train_labels), dtype=torch.bool)
+    for batch in digits_data.train.batches(128, shuffle=True, generator=order):
+        negatives = method.sampler.sample(batch.labels, method.k, generator=method._sample_gen)
+        assert negatives.shape == (len(batch.labels), method.k)
+        assert negatives.min() >= 0 and negatives.max() < len(train_labels)
+        assert not (train_labels[negatives] == batch.labels[:, None]).any()
+        seen[negatives.reshape(-1)] = True
+    # Not a degenerate sampler: over an epoch of anchors every training sample is drawn.
+    assert seen.all()
+
+
+# ----------------------------------------------------------------------------- 3. bank
+
+
+@pytest.mark.parametrize("anchor", ["student", "symmetric"])
+def test_bank_read_only_in_attacks_and_evaluation_written_after_step(
+    digits_teacher_path: Path, digits_data: PreparedData, anchor: str
+) -> None:
+    method = _gacd(digits_teacher_path, digits_data, anchor=anchor)
+    banks = _banks(method)
+    assert set(banks) == (
+        {"teacher_bank"} if anchor == "student" else {"teacher_bank", "student_bank"}
+    )
+    before = {name: bank.embeddings.clone() for name, bank in banks.items()}
+
+    def unchanged() -> bool:
+        return all(torch.equal(banks[n].embeddings, before[n]) for n in banks)
+
+    batch = _batch(digits_data, 64, offset=100)
+    # The training attack (positives) reads the student and heads, never the bank.
+    x_pos = method.positives(batch)
+    assert not torch.equal(x_pos, batch.images)
+    assert (x_pos - batch.images).abs().max() <= ATTACK.eps + 1e-6
+    assert unchanged()
+    # Robust evaluation of the student.
+    acc = robust_accuracy(
+        method.student,
+        digits_data.test,
+        parse_attack("pgd3", 0.2, 0.08),
+        generator=torch.Generator().manual_seed(0),
+        max_samples=128,
+    )
+    assert 0.0 <= acc <= 100.0
+    assert unchanged()
+    # An evaluation-mode forward through the whole method (scores the bank, no after_step).
+    method.eval()
+    with torch.no_grad():
+        method.step(batch)
+        method.student(batch.images)
+    assert unchanged()
+
+    # A training step: the optimiser step leaves the bank alone, after_step writes it,
+    # and only the rows of the batch's indices.
+    method.train()
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
+    loss, _ = method.step(batch)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert unchanged()
+    method.after_step(batch)
+    in_batch = torch.zeros(method.n_data, dtype=torch.bool)
+    in_batch[batch.indices] = True
+    for name, bank in banks.items():
+        changed = (bank.embeddings != before[name]).any(dim=1)
+        assert torch.equal(changed, in_batch), name
+
+
+@pytest.mark.parametrize("anchor", ["student", "teacher"])
+def test_bank_update_is_the_momentum_rule_on_this_batch_embeddings(
+    digits_teacher_path: Path, digits_data: PreparedData, anchor: str
+) -> None:
+    """x+ = x (positive_attack none), so the embeddings written can be recomputed: teacher
+    rows for the student anchor, student rows (pre-update student) for the teacher anchor."""
+    method = _gacd(digits_teacher_path, digits_data, anchor=anchor, positive_attack="none")
+    name = "teacher_bank" if anchor == "student" else "student_bank"
+    bank = getattr(method, name)
+    batch = _batch(digits_data, 32, offset=7)
+    old = bank.embeddings.clone()
+    with torch.no_grad():
+        if anchor == "student":
+            new = method.teacher_head(method.teacher.forward_features(batch.images)[0])
+        else:
+            new = method.student_head(method.student.forward_features(batch.images)[0])
+    m = method.options.momentum
+    expected = F.normalize(m * old[batch.indices] + (1 - m) * new, dim=1)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05)
+    _sgd_step(method, optimizer, batch)
+    torch.testing.assert_close(bank.embeddings[batch.indices], expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- 4. unit norm
+
+
+def test_bank_rows_stay_unit_norm_and_hold_teacher_embeddings(
+    distilled: tuple[Trainer, Path], digits_data: PreparedData
+) -> None:
+    trainer, _ = distilled
+    method = trainer.method
+    assert isinstance(method, GACD)
+    bank = method.teacher_bank.embeddings
+    norms = bank.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+    # After several epochs of updates, row i is close to the teacher embedding of sample i
+    # (the positives are PGD points around x_i): far closer than a random unit vector.
+    split = digits_data.train
+    x = split.images.float() / split.pixel_max
+    with torch.no_grad():
+        t = method.teacher_head(method.teacher.forward_features(x)[0])
+    own = (bank * t).sum(dim=1)
+    shuffled = (bank * t.roll(1, dims=0)).sum(dim=1)
+    assert own.mean() > 0.9
+    assert own.mean() > shuffled.mean() + 0.02
+
+
+# ----------------------------------------------------------------------------- 5. weights
+
+
+def test_teacher_confidence_is_true_class_softmax_and_monotone() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 10, generator=g) * 3
+    labels = torch.randint(0, 10, (50,), generator=g)
+    exp = logits.double().exp()
+    by_hand = exp[torch.arange(50), labels] / exp.sum(dim=1)
+    weights = teacher_confidence(logits, labels)
+    torch.testing.assert_close(weights.double(), by_hand, rtol=1e-6, atol=1e-7)
+    assert not weights.requires_grad
+
+    # Lower the true-class logit step by step: the weight must fall strictly.
+    base = torch.randn(1, 10, generator=g).repeat(20, 1)
+    y = torch.full((20,), 3)
+    base[:, 3] = torch.linspace(6.0, -6.0, 20)
+    w = teacher_confidence(base, y)
+    assert (w[1:] < w[:-1]).all()
+    # Confident and correct -> near 1; confidently wrong -> near 0.
+    sharp = torch.tensor([[20.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
+    torch.testing.assert_close(
+        teacher_confidence(sharp, torch.tensor([0, 0])),
+        torch.tensor([1.0, 0.0]),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("reweight", [True, False])
+def test_step_loss_is_weighted_nce_or_plain_nce(
+    digits_teacher_path: Path, digits_data: PreparedData, reweight: bool
+) -> None:
+    """Recompute the step's loss from the public pieces: x+ = x, teacher and student
+    embeddings, the same negatives (same generator state), nce_loss with w_i = the
+    teacher's softmax probability of y_i (reweight) or no weights."""
+    method = _gacd(
+        digits_teacher_path, digits_data, positive_attack="none", reweight=reweight
+    )
+    batch = _batch(digits_data, 48, offset=300)
+    state = method._sample_gen.get_state()
+    loss, terms = method.step(batch)
+
+    x, y = batch.images, batch.labels
+    with torch.no_grad():
+        t_feat, t_logits = method.teacher.forward_features(x)
+        t_emb = method.teacher_head(t_feat)
+        s_emb = method.student_head(method.student.forward_features(x)[0])
+        negatives = method.sampler.sample(
+            y, method.k, generator=torch.Generator().set_state(state)
+        )
+    probs = torch.softmax(t_logits.double(), dim=1)[torch.arange(len(y)), y].float()
+    weight = probs if reweight else None
+    expected = nce_loss(
+        s_emb,
+        t_emb,
+        method.teacher_bank.rows(negatives),
+        weight,
+        method.options.temperature,
+        method.n_data,
+        method.z_student.log_z,
+    )
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
+    if reweight:
+        assert float(terms["weight"]) == pytest.approx(float(probs.mean()), rel=1e-5)
+        unweighted = nce_loss(
+            s_emb,
+            t_emb,
+            method.teacher_bank.rows(negatives),
+            None,
+            method.options.temperature,
+            method.n_data,
+            method.z_student.log_z,
+        )
+        assert float(probs.max()) < 1.0
+        assert float(loss) < float(unweighted)
+    else:
+        assert "weight" not in terms
+
+
+# ----------------------------------------------------------------------------- 6. collapse
+
+
+def test_student_embeddings_do_not_collapse_on_held_out_data(
+    distilled: tuple[Trainer, Path], digits_data: PreparedData
+) -> None:
+    trainer, _ = distilled
+    within, across = _embedding_cosines(trainer.method, digits_data)
+    assert within - across > 0.2, (within, across)
+    assert across < 0.5, (within, across)
+
+
+# ----------------------------------------------------------------------------- 7. options
+
+OPTION_CASES: dict[str, dict[str, Any]] = {
+    "ot": {"positive_attack": "ot"},
+    "misalign": {"positive_attack": "misalign"},
+    "kl": {"positive_attack": "kl"},
+    "ce": {"positive_attack": "ce"},
+    "none": {"positive_attack": "none"},
+    "anchor_teacher": {"anchor": "teacher"},
+    "anchor_teacher_trained_head": {"anchor": "teacher", "train_teacher_head": True},
+    "anchor_symmetric": {"anchor": "symmetric"},
+    "z_ema": {"z_mode": "ema"},
+    "ce_kd_terms": {"ce_weight": 0.5, "kd_weight": 0.5},
+    "no_reweight": {"reweight": False},
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_each_option_runs_and_its_loss_decreases(
+    digits_teacher_path: Path, digits_data: PreparedData, case: str
+) -> None:
+    options = OPTION_CASES[case]
+    method = _gacd(digits_teacher_path, digits_data, **options)
+    batch = _batch(digits_data, 64, offset=500)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    terms: dict[str, Tensor] = {}
+    for _ in range(8):
+        loss, terms = method.step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step(batch)
+        losses.append(float(loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < losses[0], losses
+    expected_terms = {"pos_cos", "teacher_acc"}
+    if options.get("anchor", "student") != "teacher":
+        expected_terms.add("nce")
+    if options.get("anchor") in ("teacher", "symmetric"):
+        expected_terms.add("nce_t")
+    if options.get("ce_weight"):
+        expected_terms.add("ce")
+    if options.get("kd_weight"):
+        expected_terms.add("kd")
+    if options.get("reweight", True):
+        expected_terms.add("weight")
+    assert set(terms) == expected_terms
+
+
+# ----------------------------------------------------------------------------- 8. resume
+
+
+class _Interrupted(RuntimeError):
+    pass
+
+
+def test_checkpoint_resumes_bank_z_heads_and_bit_for_bit(
+    tmp_path: Path, digits_teacher_path: Path, distilled: tuple[Trainer, Path]
+) -> None:
+    _, reference_out = distilled  # DISTILL_EPOCHS uninterrupted, through the same config
+    config = _config(tmp_path / "run", digits_teacher_path, DISTILL_EPOCHS)
+
+    # Interrupt a run after 2 epochs (before the third starts).
+    first = build_trainer(config)
+    run_epoch = first._train_epoch
+
+    def stop_at_epoch_2(epoch: int, epochs: int) -> dict[str, Any]:
+        if epoch == 2:
+            raise _Interrupted
+        return run_epoch(epoch, epochs)
+
+    first._train_epoch = stop_at_epoch_2  # type: ignore[method-assign]
+    with pytest.raises(_Interrupted):
+        first.fit(resume=False)
+    saved = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert saved["epoch"] == 2
+
+    fresh = build_trainer(config)
+    live = first.method
+    assert isinstance(live, GACD) and isinstance(fresh.method, GACD)
+    # Before loading, the fresh trainer differs where it matters (so the checks below bite).
+    assert not bool(fresh.method.z_student.initialised)
+    assert not torch.equal(fresh.method.teacher_bank.embeddings, live.teacher_bank.embeddings)
+    assert not torch.equal(
+        fresh.method.student_head.linear.weight, live.student_head.linear.weight
+    )
+    fresh.load_state_dict(saved)
+    m = fresh.method
+    assert torch.equal(m.teacher_bank.embeddings, live.teacher_bank.embeddings)
+    assert torch.equal(m.z_student.log_z, live.z_student.log_z)
+    assert bool(m.z_student.initialised)
+    for head in ("student_head", "teacher_head"):
+        _assert_states_equal(getattr(m, head).state_dict(), getattr(live, head).state_dict())
+    _assert_states_equal(m.student.state_dict(), live.student.state_dict())
+    assert torch.equal(m.teacher_bank.embeddings, saved["method"]["teacher_bank.embeddings"])
+    assert torch.equal(m.z_student.log_z, saved["method"]["z_student.log_z"])
+
+    # Finish the run from the checkpoint: identical to the uninterrupted run, bit for bit.
+    fresh.fit(resume=True)
+    resumed = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    reference = load_checkpoint(reference_out / CHECKPOINT)
+    assert resumed["epoch"] == reference["epoch"] == DISTILL_EPOCHS
+    _assert_states_equal(resumed["method"], reference["method"])
+    _assert_states_equal(
+        load_checkpoint(tmp_path / "run" / MODEL_LAST)["state_dict"],
+        load_checkpoint(reference_out / MODEL_LAST)["state_dict"],
+    )
+
+
+# ----------------------------------------------------------------------------- 9. k cap
+
+
+def test_k_is_capped_at_the_smallest_other_class_count(
+    digits_teacher_path: Path, digits_data: PreparedData
+) -> None:
+    labels = digits_data.train.labels.tolist()
+    counts = Counter(labels)
+    smallest_other = min(len(labels) - n for n in counts.values())
+    method = _gacd(digits_teacher_path, digits_data, negatives=16384)
+    assert smallest_other < 16384
+    assert method.k == smallest_other
+    assert method.n_data == len(labels)
+    # Asking for fewer than the cap keeps the number asked for.
+    assert _gacd(digits_teacher_path, digits_data, negatives=100).k == 100
+
+
+# ----------------------------------------------------------------------------- 10. probe
+
+
+def test_linear_probe_trains_only_the_classifier(
+    tmp_path: Path, distilled: tuple[Trainer, Path], digits_data: PreparedData
+) -> None:
+    _, distilled_out = distilled
+    init = distilled_out / MODEL_LAST
+    before = load_model(init).state_dict()
+    config = load_run_config(
+        None,
+        [
+            "method.name=linear",
+            f"init={init}",
+            "optim.epochs=8",
+            "optim.lr=0.05",
+            "optim.weight_decay=0.0",
+            "eval.val_attack_steps=0",
+            "device=cpu",
+            "progress=false",
+            f"out={tmp_path / 'probe'}",
+        ],
+    )
+    result = train(config, resume=False)
+    probe = load_model(result.model_last)
+    after = probe.state_dict()
+    assert before.keys() == after.keys()
+    body = [k for k in before if not k.startswith("classifier.")]
+    assert any("running_mean" in k for k in body)  # BN buffers are among the checks
+    for key in body:
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    accuracy = robust_accuracy(probe, digits_data.test, parse_attack("natural", 0, 0))
+    assert accuracy > 50.0  # chance is 10%
