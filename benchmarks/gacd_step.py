@@ -50,11 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--positive-attack", default="ot", choices=["ot", "misalign", "kl", "ce", "none"]
     )
-    p.add_argument("--steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--steps", type=int, default=2, help="timed training steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument("--contrastive-reps", type=int, default=10, help="reps of the path comparison")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast for the models on CUDA (as the trainer does)")
+    p.add_argument("--contrastive-reps", type=int, default=5, help="reps of the path comparison")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast for the models on CUDA (as the trainer does)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -241,12 +245,15 @@ def main(argv: list[str] | None = None) -> None:
         share = 100 * med[key] / med["total"]
         print(f"  {label:<60s} {1e3 * med[key]:9.2f} ms  {share:5.1f}%")
     print(f"  {'total':<60s} {1e3 * med['total']:9.2f} ms")
-    print(f"contrastive share of the step at k={method.k}: {100 * med['contrastive'] / med['total']:.1f}%")
+    share = 100 * med["contrastive"] / med["total"]
+    print(f"contrastive share of the step at k={method.k}: {share:.1f}%")
 
     paths = contrastive_paths(method, args, device, clock)
     print(f"contrastive part alone (median of {args.contrastive_reps}):")
-    for name, label in (("scoring", "scoring path (anchor @ bank.T, gather)"),
-                        ("gather", "gather path (nce_loss on bank.rows [B,k,d])")):
+    for name, label in (
+        ("scoring", "scoring path (anchor @ bank.T, gather)"),
+        ("gather", "gather path (nce_loss on bank.rows [B,k,d])"),
+    ):
         r = paths[name]
         mem = f"  peak {r['peak_mib']:.1f} MiB" if device.type == "cuda" else ""
         print(f"  {label:<48s} {r['ms']:9.2f} ms{mem}")

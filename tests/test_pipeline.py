@@ -296,6 +296,10 @@ def test_unknown_experiment_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
             },
             "share the stage",
         ),
+        (
+            {"base": {**EXPERIMENT["base"], "eval": {"attacks": ["natural"]}}},
+            "top-level 'attacks'",
+        ),
     ],
 )
 def test_invalid_experiments_are_rejected(change: dict[str, Any], message: str) -> None:

@@ -23,7 +23,9 @@ def masking_warnings(accuracy: dict[str, float]) -> list[str]:
         if name.startswith(("pgd", "cw")) and acc - aa > MASKING_GAP:
             out.append(
                 f"AutoAttack accuracy {aa:.2f}% is {acc - aa:.2f} points below {name} "
-                f"({acc:.2f}%): possible gradient masking; trust the AutoAttack number"
+                f"({acc:.2f}%): {name} overestimates robustness; trust the AutoAttack number. "
+                "If AutoAttack's gradient-free Square attack is what closes the gap, suspect "
+                "gradient masking; if APGD does, the fixed-step PGD was just weaker"
             )
     return out
 

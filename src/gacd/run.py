@@ -105,8 +105,20 @@ def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> I
     c = raw.image_shape[0]
     if config.init is not None:
         model = load_model(config.init, device)
-        if model.spec["num_classes"] != raw.num_classes or model.spec["in_channels"] != c:
-            raise ConfigError(f"init: {config.init} does not fit dataset '{raw.name}'")
+        if model.spec["in_channels"] != c:
+            raise ConfigError(
+                f"init: {config.init} takes {model.spec['in_channels']} channels; "
+                f"dataset '{raw.name}' has {c}"
+            )
+        # A linear probe with a fresh classifier may move to another label set (transfer).
+        probe = config.method.get("name") == "linear" and config.method.get(
+            "reset_classifier", True
+        )
+        if model.spec["num_classes"] != raw.num_classes and not probe:
+            raise ConfigError(
+                f"init: {config.init} has {model.spec['num_classes']} classes; dataset "
+                f"'{raw.name}' has {raw.num_classes} (only method linear can change that)"
+            )
         return model.train()
     try:
         model = build_model(

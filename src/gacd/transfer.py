@@ -3,9 +3,8 @@ another dataset or label set, report natural and PGD-7 accuracy on that task's t
 
 Built from the ordinary machinery: the `linear` method (only the classifier trains, the
 body stays in eval mode), the trainer, and `evaluate_model` on the test split (used for
-the final numbers only). The student is re-exported with a classifier sized for the target
-task (`_init.pt` in the output directory) because the linear method starts from an
-exported model, and the target usually has a different number of classes than the source.
+the final numbers only). The linear method starts from the exported student and gives it
+a fresh classifier sized for the target task.
 """
 
 from __future__ import annotations
@@ -14,17 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from gacd.config import ConfigError, RunConfig, from_dict, to_dict, validate_method_section
-from gacd.engine.export import export_model, load_model, load_model_meta
+from gacd.engine.export import load_model, load_model_meta
 from gacd.evaluation.report import evaluate_model, markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
 from gacd.run import build_trainer, prepare_data, resolve_device
 
 DEFAULT_ATTACKS = ("natural", "pgd7")
-INIT_NAME = "_init.pt"
 
 
 def _transfer_config(
@@ -77,24 +74,6 @@ def _transfer_config(
     return config
 
 
-def _export_probe_init(
-    student_path: Path, num_classes: int, in_channels: int, dataset: str, path: Path
-) -> None:
-    """Export the student with a fresh classifier for `num_classes` classes to `path`."""
-    model = load_model(student_path, "cpu")
-    if model.spec["in_channels"] != in_channels:
-        raise ConfigError(
-            f"student {student_path} takes {model.spec['in_channels']}-channel images; "
-            f"dataset '{dataset}' has {in_channels} channels"
-        )
-    # The linear method replaces this classifier again (reset_classifier); this one only
-    # makes the exported spec agree with the target's class count.
-    model.classifier = torch.nn.Linear(model.feature_dim, num_classes)
-    model.spec = {**model.spec, "num_classes": num_classes}
-    meta = {**load_model_meta(student_path), "transfer_from": str(student_path)}
-    export_model(model, path, meta)
-
-
 def run_transfer(
     student_path: str | Path,
     *,
@@ -126,9 +105,8 @@ def run_transfer(
         raise FileNotFoundError(f"student model not found: {student_path}")
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
-    init = out / INIT_NAME
     config = _transfer_config(
-        init=init,
+        init=student_path,
         dataset=dataset,
         root=root,
         classes=list(classes) if classes is not None else None,
@@ -152,7 +130,6 @@ def run_transfer(
         parse_attack(name, eps, step_size)
 
     out.mkdir(parents=True, exist_ok=True)
-    _export_probe_init(student_path, data.raw.num_classes, data.raw.image_shape[0], dataset, init)
     trainer = build_trainer(config, data)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     result = trainer.fit(resume=resume)

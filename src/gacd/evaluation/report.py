@@ -28,6 +28,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Accuracy (%) under each named attack, with every attack's settings spelled out."""
     parsed = [parse_attack(a, eps, step_size, restarts) for a in attacks]  # fail before work
+    if any(a.kind == "autoattack" for a in parsed):
+        from gacd.evaluation.autoattack import require_autoattack
+
+        require_autoattack()
     n = len(split) if max_samples is None else min(len(split), max_samples)
     results: dict[str, Any] = {"samples": n, "eps": eps, "accuracy": {}, "attacks": {}}
     for attack in parsed:

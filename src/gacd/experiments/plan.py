@@ -178,6 +178,7 @@ class _Planner:
         self.stages: dict[str, Stage] = {}
         self.sweep = exp.sweep
         self.swept_any = False
+        self.first_seed = exp.seeds[0]
 
     # -- building blocks ------------------------------------------------------------------
     def _config(
@@ -208,6 +209,10 @@ class _Planner:
             data = set_dotted(data, self.sweep.param, sweep_value)  # type: ignore[union-attr]
             swept = self.swept_any = True
         data = deep_merge(data, exp.force)
+        if "attacks" in data.get("eval", {}):
+            raise ConfigError(
+                f"{where}: eval.attacks is set by the experiment's top-level 'attacks' list"
+            )
         data = deep_merge(data, wiring)
         data.setdefault("eval", {})["attacks"] = list(exp.attacks)
         return _build(where, data), swept
@@ -234,7 +239,7 @@ class _Planner:
             return stage
         if to_dict(old.config) != to_dict(stage.config):
             raise ConfigError(
-                f"two methods share the stage {stage.key} with different settings "
+                f"two entries share the stage {stage.key} with different settings "
                 "(e.g. gacd and gacd_aft share their distillation: give both the same overrides)"
             )
         return old
@@ -247,7 +252,7 @@ class _Planner:
         where = f"teachers.{name}"
         if spec.path is not None:  # evaluated only; its directory holds the evaluation
             key = self._dir("teachers", name)
-            wiring = {"seed": seed, "out": str(self.out / key)}
+            wiring = {"seed": self.first_seed, "out": str(self.out / key)}
             config, _ = self._config(where, "teacher", {}, {}, None, wiring)
             stage = Stage(
                 key, "teacher", config, True, seed, teacher=name, external_model=spec.path
@@ -417,6 +422,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
     special = sweep.param if sweep is not None and sweep.param in SPECIAL_SWEEPS else None
     dotted_values = sweep.values if sweep is not None and special is None else [None]
     seeds = sweep.values if special == "seed" else exp.seeds
+    planner.first_seed = seeds[0]
     students = exp.students
     archs = sweep.values if special == "arch" else list(exp.arch_overrides)
     methods = sweep.values if special == "method" else list(exp.method_overrides)

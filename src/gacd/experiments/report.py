@@ -212,18 +212,19 @@ def _teachers_section(results: dict[str, Any]) -> list[str]:
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
             groups[r["teacher"]].append(r)
-        rows = []
-        for name, recs in groups.items():
-            data_text, _ = describe_data(recs[0].get("dataset"))
-            rows.append(
-                [name, _teacher_title(results, name), data_text]
-                + [fmt(_values(recs, a)) for a in attacks]
-            )
+        datasets = {name: describe_data(recs[0].get("dataset"))[0] for name, recs in groups.items()}
+        mixed = len(set(datasets.values())) > 1  # a data column only where teachers differ
+        rows = [
+            [name, _teacher_title(results, name), *([datasets[name]] if mixed else [])]
+            + [fmt(_values(recs, a)) for a in attacks]
+            for name, recs in groups.items()
+        ]
+        headers = ["teacher", "model", *(["data"] if mixed else [])]
         title = "best on validation" if selection == "best" else "last epoch"
         lines += [
             f"### Teachers, ours (measured), {title}",
             "",
-            markdown_table(["teacher", "model", "data"] + [attack_label(a) for a in attacks], rows),
+            markdown_table(headers + [attack_label(a) for a in attacks], rows),
             "",
             f"{_seed_note(records)}.",
             "",
@@ -262,6 +263,7 @@ def _students_section(results: dict[str, Any]) -> list[str]:
     dotted = sweep is not None and sweep["param"] not in ("method", "arch", "seed")
     lines: list[str] = []
     paper = _paper(results)
+    paper_shown = False
     for selection in ("best", "last"):
         records = _records(results, "student", selection)
         swept = [r for r in records if r["sweep_value"] is not None] if dotted else []
@@ -309,7 +311,15 @@ def _students_section(results: dict[str, Any]) -> list[str]:
                 "",
             ]
             if selection == "best" and paper is not None and paper.kind == "students":
-                lines += _paper_students(results, paper, teacher, archs, methods)
+                shown = _paper_students(results, paper, teacher, archs, methods)
+                lines += shown
+                paper_shown = paper_shown or bool(shown)
+    if lines and paper is not None and paper.kind == "students" and not paper_shown:
+        lines += [
+            f"Paper (reported): *{paper.caption}* None of its cells matches this run's "
+            "teacher → student architectures and methods.",
+            "",
+        ]
     return (["## Students", "", *lines]) if lines else []
 
 

@@ -209,6 +209,16 @@ class Runner:
                 note = f"from epoch {load_checkpoint(folder / CHECKPOINT).get('epoch')}"
         return status, resume, note
 
+    def _announce(self, stage: Stage, status: str, note: str) -> None:
+        """A line before a stage's training starts (it can take hours on real data)."""
+        doing = {"trained": "training", "resumed": "resuming", "retrained": "retraining"}
+        c = stage.config
+        extra = f", {note}" if note else ""
+        self.log(
+            f"  ... {stage.key}: {doing.get(status, status)}{extra} "
+            f"({stage.kind}, method {c.method['name']}, {c.optim.epochs} epochs)"
+        )
+
     def _train(
         self, stage: Stage, fp: dict[str, Any], marker: dict[str, Any] | None
     ) -> tuple[str, str, dict[str, Any]]:
@@ -216,6 +226,7 @@ class Runner:
         status, resume, note = self._decide(stage, fp, marker, [MODEL_LAST, MODEL_BEST])
         if status == "skipped":
             return status, note, marker  # type: ignore[return-value]
+        self._announce(stage, status, note)
         marker = self._fresh_marker(stage, fp, None)
         write_json(folder / MARKER, marker)  # "running": a crash from here on resumes
         config = stage.config
@@ -309,6 +320,7 @@ class Runner:
         status, resume, note = self._decide(stage, fp, marker, ["transfer.json", MODEL_LAST])
         if status == "skipped":
             return status, note, marker  # type: ignore[return-value]
+        self._announce(stage, status, note)
         marker = self._fresh_marker(stage, fp, None)
         write_json(folder / MARKER, marker)
         c = stage.config

@@ -1,10 +1,11 @@
 """Experiment configs: teachers x students x seeds (x a sweep), typed and checked like RunConfig.
 
 An experiment is a small YAML file; every stage it implies is a normal `RunConfig` built by
-merging, in order: `base`, `stages.<kind>`, the method recipe's own settings, the teacher's
-or method's `config`, the sweep value, `force`, and the pipeline's wiring (out, seed,
-teacher, init, student architecture). Every stage config is built and validated when the
-experiment is loaded, so a typo fails before anything trains.
+merging, in order: `base`, `stages.<kind>`, `students.archs.<arch>` (students), the method
+recipe's own settings, the teacher's `config` or the method's overrides (its main stage),
+the sweep value, `force`, and the pipeline's wiring (out, seed, teacher, init, student
+architecture, eval.attacks). Every stage config is built and validated when the experiment
+is loaded, so a typo fails before anything trains.
 """
 
 from __future__ import annotations

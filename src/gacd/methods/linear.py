@@ -27,6 +27,9 @@ class LinearOptions:
 class LinearProbe(Method):
     name = "linear"
     Options = LinearOptions
+    # Linear evaluation picks its epoch by natural validation accuracy: by PGD accuracy a
+    # near-constant early probe can win (it is "robust" by being uninformative).
+    selection = "val_nat"
 
     def __init__(self, ctx: MethodContext, options: LinearOptions) -> None:
         super().__init__(ctx, options)
@@ -37,6 +40,7 @@ class LinearProbe(Method):
             student.classifier = torch.nn.Linear(student.feature_dim, ctx.num_classes).to(
                 old.weight.device
             )
+            student.spec = {**student.spec, "num_classes": ctx.num_classes}
         student.classifier.requires_grad_(True)
 
     def train(self, mode: bool = True) -> LinearProbe:
