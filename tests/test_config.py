@@ -226,3 +226,14 @@ def test_the_config_a_run_writes_loads_back(digits_teacher_path):
     assert config.method["name"] == "pgd_at"
     assert config.model.kwargs == {"spatial": 2, "hidden": 256}
     assert config.out == str(digits_teacher_path.parent)
+
+
+def test_a_method_option_override_keeps_the_default_method_name():
+    # Without a config file the method section starts from the default (pgd_at), so an
+    # option override adds to it rather than replacing it (and the error names the method).
+    message = _error(["method.bogus=1"])
+    assert "method 'pgd_at'" in message and "method.name" in message
+    assert load_run_config(None, ["method.name=trades", "method.beta=3"]).method == {
+        "name": "trades",
+        "beta": 3,
+    }

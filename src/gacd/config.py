@@ -243,6 +243,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     """Read a RunConfig from YAML (or defaults when path is None) and apply overrides; the
     method section is validated against the chosen method's own options."""
     data = load_yaml(path) if path is not None else {}
+    # The method section is a free-form mapping; start it from the default so that an
+    # override like method.beta=3 adds to it instead of replacing the method name.
+    data.setdefault("method", dict(RunConfig().method))
     data = apply_overrides(data, overrides or [])
     config = from_dict(RunConfig, data)
     validate_method_section(config.method)

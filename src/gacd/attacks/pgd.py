@@ -31,7 +31,8 @@ class AttackSpec:
 
     def describe(self) -> str:
         start = "random start" if self.random_start else "no random start"
-        text = f"L-inf eps={self.eps:.4g}, {self.steps} steps of {self.step_size:.4g}, {start}"
+        steps = f"{self.steps} step{'s' if self.steps != 1 else ''}"
+        text = f"L-inf eps={self.eps:.4g}, {steps} of {self.step_size:.4g}, {start}"
         return text + (f", {self.restarts} restarts" if self.restarts > 1 else "")
 
 
