@@ -211,9 +211,10 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
     )
 
 
-def train(config: RunConfig, resume: bool = True) -> TrainResult:
-    """Train as configured; writes config.yaml, checkpoint.pt, metrics.jsonl and models."""
-    trainer = build_trainer(config)  # every check happens before anything is written
+def train(config: RunConfig, resume: bool = True, data: PreparedData | None = None) -> TrainResult:
+    """Train as configured; writes config.yaml, checkpoint.pt, metrics.jsonl and models.
+    `data` reuses an already prepared dataset (pipelines that run many stages on one)."""
+    trainer = build_trainer(config, data)  # every check happens before anything is written
     out = Path(config.out)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gacd.config import ConfigError, RunConfig, from_dict, to_dict, validate_method_section
+from gacd.config import ConfigError, RunConfig, from_dict, validate_method_section
 from gacd.engine.export import load_model, load_model_meta
 from gacd.evaluation.report import evaluate_model, markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
-from gacd.run import build_trainer, prepare_data, resolve_device
+from gacd.run import prepare_data, resolve_device, train
 
 DEFAULT_ATTACKS = ("natural", "pgd7")
 
@@ -130,9 +128,7 @@ def run_transfer(
         parse_attack(name, eps, step_size)
 
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(config, data)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    result = trainer.fit(resume=resume)
+    result = train(config, resume=resume, data=data)
 
     # The probe after its last epoch, the usual linear-evaluation protocol. The trainer's
     # pick (best validation PGD accuracy) favoured under-trained, near-constant probes on

@@ -29,7 +29,7 @@ from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
 from gacd.evaluation.report import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, recipe, stage_root
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
-from gacd.run import PreparedData, build_trainer, eval_budget, prepare_data, resolve_device
+from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train
 
 MARKER = "stage.json"
 RESULTS = "results.json"
@@ -230,9 +230,7 @@ class Runner:
         marker = self._fresh_marker(stage, fp, None)
         write_json(folder / MARKER, marker)  # "running": a crash from here on resumes
         config = stage.config
-        trainer = build_trainer(config, self.data(config))
-        (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        result = trainer.fit(resume=resume)
+        result = train(config, resume=resume, data=self.data(config))
         marker.update(
             epochs=result.epochs,
             best_epoch=result.best_epoch,
