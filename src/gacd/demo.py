@@ -162,10 +162,10 @@ def run_demo(
                 ],
             )
             t0 = time.perf_counter()
-            result = train(config, resume=True)
+            data = prepare_data(config, torch_device)  # read once, for training and evaluation
+            result = train(config, resume=True, data=data)
             if stage.role == "distillation":
                 continue
-            data = prepare_data(config, torch_device)
             model = load_model(result.model_best, torch_device)
             eps, step = data.defaults.eps, data.defaults.step_size
             acc = evaluate_model(
