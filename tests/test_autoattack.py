@@ -30,10 +30,6 @@ STEP = 0.05
 # starts, so on a point at the margin PGD may win by luck.
 TOLERANCE = 2.5
 
-needs_autoattack = pytest.mark.skipif(
-    not autoattack_available(), reason="pyautoattack not installed (pip install 'gacd[autoattack]')"
-)
-
 
 def _pgd_and_natural(model, split, n):
     result = evaluate_model(
@@ -43,7 +39,6 @@ def _pgd_and_natural(model, split, n):
 
 
 @pytest.mark.slow
-@needs_autoattack
 def test_standard_autoattack_on_robust_teacher(digits_teacher_path, digits_data):
     """Standard AA (APGD-CE, APGD-T, FAB-T, Square) on 40 test points of the PGD-AT teacher:
     no stronger than natural, at least as strong as PGD-20, and the model left as found."""
@@ -72,7 +67,6 @@ def test_standard_autoattack_on_robust_teacher(digits_teacher_path, digits_data)
     assert aa > 10.0, f"the robust teacher should keep some AutoAttack accuracy, got {aa:.1f}%"
 
 
-@needs_autoattack
 def test_custom_attacks_are_seeded_and_log_to_file(
     digits_teacher_path, digits_data, tmp_path, capfd
 ):
@@ -92,7 +86,6 @@ def test_custom_attacks_are_seeded_and_log_to_file(
     assert first <= pgd20 + TOLERANCE
 
 
-@needs_autoattack
 def test_undefended_model_falls_to_zero_through_evaluate_model(digits_undefended_path, digits_data):
     # Through the suite's attack names, as `gacd evaluate --attacks autoattack` runs it.
     model = load_model(digits_undefended_path)
@@ -115,7 +108,6 @@ class _NoisyLinear(torch.nn.Module):
         return self.linear(x.flatten(1)) + torch.randn(len(x), 10)
 
 
-@needs_autoattack
 def test_autoattack_checks_surface_as_warnings(digits_data):
     with pytest.warns(aa_module.AutoAttackCheckWarning, match="randomized"):
         autoattack_accuracy(
@@ -148,7 +140,7 @@ def no_pyautoattack(monkeypatch):
 
 def test_missing_package_is_a_clear_config_error(no_pyautoattack, digits_data):
     model = build_model("digits_cnn_small", in_channels=1, num_classes=10, mean=[0.5], std=[0.5])
-    with pytest.raises(AutoAttackUnavailable, match="pip install 'gacd\\[autoattack\\]'") as info:
+    with pytest.raises(AutoAttackUnavailable, match="pip install pyautoattack") as info:
         autoattack_accuracy(model, digits_data.test, EPS, max_samples=10)
     assert isinstance(info.value, ConfigError)
     assert str(info.value) == MISSING_MESSAGE

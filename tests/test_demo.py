@@ -34,13 +34,18 @@ def test_demo_writes_matching_json_and_table(tmp_path: Path) -> None:
     assert methods == ["pgd_at", "kd", "ard", "gacd", "gacd_aft"]
     for row in results["models"] + results["students"]:
         assert 0.0 <= row["pgd"] <= row["natural"] <= 100.0
+        assert 0.0 <= row["apgd_ce"] <= row["natural"]
         assert Path(row["checkpoint"]).is_file()
+    assert results["attacks"] == ["pgd", "apgd_ce"]
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # Every number in the JSON appears, rounded as printed, in the Markdown table and stdout.
     table = (out / "results.md").read_text()
     for row in results["summary"]:
         line = next(l for l in table.splitlines() if l.startswith(f"| {row['label']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[3] == f"{row['natural']:.2f}" and cells[4] == f"{row['pgd']:.2f}"
+        assert cells[3] == str(row["epochs"])
+        assert cells[4] == f"{row['natural']:.2f}" and cells[5] == f"{row['pgd']:.2f}"
+        assert cells[6] == f"{row['apgd_ce']:.2f}"
         assert line in done.stdout
     assert re.search(r"Wall time: \d+ s", table)
 

@@ -28,6 +28,7 @@ from gacd.engine.checkpoint import (
 from gacd.engine.export import export_model, load_model, load_model_meta
 from gacd.engine.logging import read_metrics
 from gacd.engine.schedule import lr_multiplier
+from gacd.errors import CheckpointError
 from gacd.models import build_model
 from gacd.run import build_trainer
 
@@ -96,17 +97,17 @@ def test_load_checkpoint_is_weights_only(tmp_path, obj):
     path = tmp_path / "evil.pt"
     torch.save({"state": torch.ones(2), "obj": obj}, path)
     _UNPICKLED.clear()
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="refused without loading them"):
         load_checkpoint(path)
     assert _UNPICKLED == []
 
 
 def test_load_checkpoint_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00not a torch file")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch zip archive"):
         load_checkpoint(bad)
 
 

@@ -349,3 +349,17 @@ def test_summaries_and_data_labels() -> None:
         {"name": "cifar10", "train_samples": 50000, "test_samples": 10000, "classes": None}
     )
     assert full and text.startswith("CIFAR-10 (50000 train")
+
+
+def test_epochs_cut_far_below_the_config_make_a_smoke_run() -> None:
+    from gacd.experiments.runner import smoke_notice
+
+    path = CONFIGS / "digits" / "experiments" / "table1.yaml"
+    as_written = load_experiment(path)
+    assert smoke_notice(as_written, plan_experiment(as_written)) is None
+    cut = load_experiment(path, ["stages.student.optim.epochs=2"])
+    notice = smoke_notice(cut, plan_experiment(cut))
+    assert notice is not None and notice.startswith("SMOKE RUN")
+    assert "2 of 20" in notice
+    mild = load_experiment(path, ["stages.student.optim.epochs=15"])  # 15 of 20: not a smoke
+    assert smoke_notice(mild, plan_experiment(mild)) is None

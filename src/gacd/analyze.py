@@ -16,6 +16,7 @@ import torch
 from gacd.attacks import AttackSpec
 from gacd.config import ConfigError, RunConfig
 from gacd.engine.export import load_model, load_model_meta
+from gacd.errors import CheckpointError
 from gacd.evaluation.analysis import (
     POINT_KINDS,
     correlation_analysis,
@@ -63,7 +64,7 @@ def _check_models(teacher: str, models: Sequence[tuple[str, str]]) -> dict[str, 
         paths[name] = path
     for name, path in paths.items():
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{name}: model file not found: {path}")
+            raise CheckpointError(f"{name}: model file not found: {path}")
     return paths
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gacd.config import ConfigError
+from gacd.errors import ConfigError, GacdError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="dotted overrides, e.g. optim.lr=0.05 method.temperature=0.2",
     )
     p.add_argument(
-        "--no-resume", action="store_true", help="start afresh even if OUT holds a checkpoint"
+        "--no-resume",
+        action="store_true",
+        help="start afresh: discard the run OUT holds (a different config is refused otherwise)",
     )
 
 
@@ -28,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + getattr(args, "extra_overrides", [])
     config = load_run_config(args.config, overrides)
-    result = train(config, resume=not args.no_resume)
+    result = train(config, resume=not args.no_resume, epoch_lines=True)
     last = result.history[-1] if result.history else {}
     print(f"trained {result.epochs} epochs -> {result.out_dir}")
     print(f"  best epoch {result.best_epoch} ({config.method['name']}): {result.model_best}")
@@ -153,6 +155,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         epochs_scale=args.epochs_scale,
+        threads=args.threads,
     )
     return 0
 
@@ -286,7 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="robust teacher, undefended model and students on digits")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--full", action="store_true", help="more seeds and students (slower)")
+    p.add_argument(
+        "--full", action="store_true", help="three seeds and full AutoAttack (much slower)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: fastest for the tiny digits models)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -318,22 +329,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from gacd.data import DataError
-
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse with dotted overrides allowed anywhere among a sub-command's flags
+    (`gacd run CFG --dry-run out=x`); a sub-command's error shows its own usage."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in commands:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors a user can fix (GacdError) print one line and exit non-zero;
+    anything else is a bug and keeps its traceback."""
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except GacdError as err:
         print(f"gacd {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"gacd {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(
-            "interrupted; re-run the same command to resume from the last checkpoint",
+            f"gacd {args.command}: interrupted; finished epochs are saved: re-run the same "
+            "command to resume",
             file=sys.stderr,
         )
         return 130

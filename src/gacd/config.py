@@ -15,9 +15,25 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from gacd.errors import ConfigError
+from gacd.evaluation.robust import parse_attack
 
-class ConfigError(ValueError):
-    """A config key or value is not allowed; the message names it and the alternatives."""
+__all__ = [
+    "AttackConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "load_run_config",
+]
+
+
+def check_range(key: str, value: float | None, ok: bool, allowed: str) -> None:
+    """Raise a ConfigError naming `key`, its `value` and what is `allowed` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is out of range; {allowed}")
 
 
 @dataclass
@@ -32,6 +48,32 @@ class DataConfig:
     flip: bool | None = None  # None: the dataset's default
     classes: list[int] | None = None  # keep these labels only, relabelled 0..n-1
     resize: int | None = None  # resize images to resize x resize once at load
+
+    def __post_init__(self) -> None:
+        f = self.val_fraction
+        check_range("data.val_fraction", f, 0.0 <= f < 1.0, "allowed: 0 <= val_fraction < 1")
+        for key in ("batch_size", "eval_batch_size"):
+            n = getattr(self, key)
+            check_range(f"data.{key}", n, n >= 1, "allowed: an integer >= 1")
+        p = self.crop_padding
+        check_range("data.crop_padding", p, p is None or p >= 0, "allowed: null or >= 0")
+        r = self.resize
+        check_range("data.resize", r, r is None or r >= 1, "allowed: null or a size >= 1")
+        c = self.classes
+        if c is not None and (len(c) < 2 or len(set(c)) != len(c) or min(c) < 0):
+            raise ConfigError(
+                f"data.classes: {c!r} is not allowed; give at least two distinct labels >= 0"
+            )
+
+
+def _check_budget(section: str, eps: float | None, step_size: float | None) -> None:
+    check_range(f"{section}.eps", eps, eps is None or 0.0 <= eps <= 1.0, "allowed: 0 <= eps <= 1")
+    check_range(
+        f"{section}.step_size",
+        step_size,
+        step_size is None or 0.0 < step_size <= 1.0,
+        "allowed: 0 < step_size <= 1",
+    )
 
 
 @dataclass
@@ -50,6 +92,10 @@ class AttackConfig:
     random_start: bool = True
     train_mode: bool = False  # attack with the model in train mode (BN stats still restored)
 
+    def __post_init__(self) -> None:
+        _check_budget("attack", self.eps, self.step_size)
+        check_range("attack.steps", self.steps, self.steps >= 0, "allowed: an integer >= 0")
+
 
 @dataclass
 class OptimConfig:
@@ -62,6 +108,22 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
     gamma: float = 0.1
     warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        e = self.epochs
+        check_range("optim.epochs", e, e >= 1, "allowed: an integer >= 1")
+        check_range("optim.lr", self.lr, self.lr > 0, "allowed: lr > 0")
+        m = self.momentum
+        check_range("optim.momentum", m, 0.0 <= m < 1.0, "allowed: 0 <= momentum < 1")
+        wd = self.weight_decay
+        check_range("optim.weight_decay", wd, wd >= 0, "allowed: weight_decay >= 0")
+        check_range("optim.gamma", self.gamma, self.gamma > 0, "allowed: gamma > 0")
+        for i, mark in enumerate(self.milestones):
+            check_range(
+                f"optim.milestones[{i}]", mark, 0.0 < mark <= 1.0, "allowed: fractions in (0, 1]"
+            )
+        w = self.warmup_epochs
+        check_range("optim.warmup_epochs", w, 0 <= w <= e, f"allowed: 0 <= warmup_epochs <= {e}")
 
 
 @dataclass
@@ -76,6 +138,18 @@ class EvalConfig:
     split: Literal["test", "val", "train"] = "test"
     max_samples: int | None = None
     val_attack_steps: int = 10  # PGD steps for the per-epoch validation (model selection)
+
+    def __post_init__(self) -> None:
+        _check_budget("eval", self.eps, self.step_size)
+        check_range("eval.restarts", self.restarts, self.restarts >= 1, "allowed: an integer >= 1")
+        n = self.max_samples
+        check_range("eval.max_samples", n, n is None or n >= 1, "allowed: null or an integer >= 1")
+        v = self.val_attack_steps
+        check_range("eval.val_attack_steps", v, v >= 0, "allowed: an integer >= 0")
+        if not self.attacks:
+            raise ConfigError("eval.attacks: give at least one attack (e.g. natural, pgd20)")
+        for name in self.attacks:
+            parse_attack(name, 0.1, 0.01, key="eval.attacks")
 
 
 @dataclass
@@ -96,6 +170,9 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check_range("seed", self.seed, self.seed >= 0, "allowed: an integer >= 0")
 
 
 T = TypeVar("T")
@@ -192,6 +269,57 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1} (model.kwargs stays one value)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key != "kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Settings that never change what a run trains: where it writes, how it shows progress and
+# runs (device, precision, compilation), and what the final evaluation reports.
+NOT_TRAINING = (
+    "out",
+    "progress",
+    "device",
+    "amp",
+    "channels_last",
+    "compile",
+    "tensorboard",
+    "eval.attacks",
+    "eval.restarts",
+    "eval.split",
+    "eval.max_samples",
+    "data.eval_batch_size",
+)
+_PATH_KEYS = ("teacher", "init", "data.root")
+
+
+def training_settings(config: RunConfig) -> dict[str, Any]:
+    """What a run trains, as flat key -> value: method options with their defaults filled
+    in, paths made absolute, and the NOT_TRAINING keys left out. Two configs train the same
+    run exactly when these are equal."""
+    from gacd.methods import method_options  # methods import config: resolved at call time
+
+    data = to_dict(config)
+    cls, options = method_options(data["method"])
+    data["method"] = {"name": cls.name, **dataclasses.asdict(options)}
+    flat = flatten(data)
+    for key in _PATH_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = str(Path(flat[key]).expanduser().resolve())
+    return {k: v for k, v in sorted(flat.items()) if k not in NOT_TRAINING}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two flat settings mappings (missing = None)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.lr=0.05' -> (['optim', 'lr'], 0.05); the value is parsed as YAML."""
     if "=" not in text:
@@ -202,7 +330,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': cannot parse value: {err}") from None
+        raise ConfigError(f"override '{text}': cannot parse value: {yaml_problem(err)}") from None
     return key.split("."), value
 
 
@@ -225,6 +353,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -232,7 +368,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gacd.config import load_run_config
 from gacd.engine.export import load_model
+from gacd.errors import ConfigError
+from gacd.evaluation.plots import grouped_bars
 from gacd.evaluation.report import evaluate_model, markdown_table
+from gacd.progress import remaining, say
 from gacd.run import prepare_data, resolve_device, train
 
 TEACHER_ARCH = "digits_cnn"
@@ -128,6 +133,12 @@ def _fill(overrides: list[str], paths: dict[str, Path], epochs_scale: float) -> 
     return out
 
 
+def demo_attacks(full: bool) -> list[str]:
+    """PGD-20 is the paper's metric; APGD-CE (AutoAttack's first attack, from its reference
+    code) is the strong check; --full adds the whole AutoAttack ensemble."""
+    return ["natural", "pgd20", "apgd-ce", *(["autoattack"] if full else [])]
+
+
 def run_demo(
     out: Path,
     *,
@@ -136,70 +147,113 @@ def run_demo(
     device: str = "auto",
     progress: bool = True,
     epochs_scale: float = 1.0,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Run (or resume) every stage, evaluate, and write OUT/results.json and results.md.
+    """Run (or resume) every stage, evaluate, and write OUT/results.json, results.md and
+    results.png.
 
-    `full` runs three seeds; `epochs_scale` shrinks every stage (a quick look, or tests)."""
+    `full` runs three seeds and adds full AutoAttack; `epochs_scale` shrinks every stage (a
+    quick look, or tests); `threads` is torch's intra-op thread count (the digits models are
+    so small that one thread is fastest, and it does not collapse beside a busy core)."""
     if epochs_scale <= 0:
-        raise ValueError(f"epochs scale must be positive, got {epochs_scale}")
+        raise ConfigError(f"--epochs-scale: must be positive, got {epochs_scale}")
+    if threads < 1:
+        raise ConfigError(f"--threads: must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     seeds = [seed, seed + 1, seed + 2] if full else [seed]
+    attacks = demo_attacks(full)
     torch_device = resolve_device(device)
     rows: list[dict[str, Any]] = []
-    for s in seeds:
+    plan = [(s, stage) for s in seeds for stage in demo_stages(s)]
+    total_epochs = sum(_epochs(stage, epochs_scale) for _, stage in plan)
+    done_epochs = 0
+    for k, (s, stage) in enumerate(plan, 1):
         run_dir = out / f"seed{s}" if full else out
-        paths: dict[str, Path] = {}
-        for stage in demo_stages(s):
-            stage_dir = run_dir / stage.name
-            paths[stage.name] = stage_dir
-            config = load_run_config(
-                None,
-                [
-                    *_fill(stage.overrides, paths, epochs_scale),
-                    f"out={stage_dir}",
-                    f"device={device}",
-                    f"progress={str(progress).lower()}",
-                ],
-            )
-            t0 = time.perf_counter()
-            data = prepare_data(config, torch_device)  # read once, for training and evaluation
-            result = train(config, resume=True, data=data)
-            if stage.role == "distillation":
-                continue
-            model = load_model(result.model_best, torch_device)
-            eps, step = data.defaults.eps, data.defaults.step_size
-            acc = evaluate_model(
-                model, data.test, ["natural", "pgd20"], eps=eps, step_size=step, seed=s
-            )["accuracy"]
-            rows.append(
-                {
-                    "name": stage.name,
-                    "label": stage.label,
-                    "role": stage.role,
-                    "seed": s,
-                    "method": stage.method or config.method["name"],
-                    "architecture": model.spec["arch"],
-                    "natural": acc["natural"],
-                    "pgd": acc["pgd20"],
-                    "checkpoint": str(result.model_best),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(
-                f"[demo] {stage.label or stage.name} (seed {s}): natural "
-                f"{acc['natural']:.2f}%  PGD-20 {acc['pgd20']:.2f}%",
-                flush=True,
-            )
-    results = _summarise(rows, eps, step, time.perf_counter() - started)
+        paths = {st.name: run_dir / st.name for st in demo_stages(s)}
+        stage_dir = paths[stage.name]
+        config = load_run_config(
+            None,
+            [
+                *_fill(stage.overrides, paths, epochs_scale),
+                f"out={stage_dir}",
+                f"device={device}",
+                f"progress={str(progress).lower()}",
+            ],
+        )
+        left = remaining(done_epochs, total_epochs, time.perf_counter() - started)
+        say(
+            f"[demo] stage {k}/{len(plan)}: {stage.label} (seed {s}, {config.method['name']}, "
+            f"{config.optim.epochs} epochs){'; ' + left if left else ''}"
+        )
+        t0 = time.perf_counter()
+        data = prepare_data(config, torch_device)  # read once, for training and evaluation
+        result = train(config, resume=True, data=data)
+        done_epochs += config.optim.epochs
+        if stage.role == "distillation":
+            continue
+        model = load_model(result.model_best, torch_device)
+        eps, step = data.defaults.eps, data.defaults.step_size
+        acc = evaluate_model(
+            model, data.test, attacks, eps=eps, step_size=step, seed=s, progress=progress
+        )["accuracy"]
+        rows.append(
+            {
+                "name": stage.name,
+                "label": stage.label,
+                "role": stage.role,
+                "seed": s,
+                "method": stage.method or config.method["name"],
+                "architecture": model.spec["arch"],
+                "epochs": _trained_epochs(paths, stage, epochs_scale),
+                **{ATTACK_KEYS[a]: acc[a] for a in attacks},
+                "checkpoint": str(result.model_best),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        shown = ", ".join(f"{ATTACK_LABELS[a]} {acc[a]:.2f}%" for a in attacks)
+        say(f"[demo] {stage.label} (seed {s}): {shown}")
+    results = _summarise(rows, attacks, eps, step, time.perf_counter() - started)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
+    results_plot(results, out / "results.png")
     print(results_markdown(results))
     return results
 
 
+# Result keys and column labels of the demo's attacks (results.json keeps "pgd" for PGD-20).
+ATTACK_KEYS = {
+    "natural": "natural",
+    "pgd20": "pgd",
+    "apgd-ce": "apgd_ce",
+    "autoattack": "autoattack",
+}
+ATTACK_LABELS = {
+    "natural": "natural",
+    "pgd20": "PGD-20",
+    "apgd-ce": "APGD-CE",
+    "autoattack": "AutoAttack",
+}
+
+
+def _epochs(stage: Stage, epochs_scale: float) -> int:
+    text = next(o for o in stage.overrides if o.startswith("optim.epochs="))
+    return max(1, round(int(text.split("=")[1]) * epochs_scale))
+
+
+def _trained_epochs(paths: dict[str, Path], stage: Stage, epochs_scale: float) -> str:
+    """'30', or '30 + 10' for a student built on a distillation stage."""
+    upstream = [
+        _epochs(st, epochs_scale)
+        for st in demo_stages(0)
+        if st.role == "distillation" and any(f"{{{st.name}}}" in o for o in stage.overrides)
+    ]
+    return " + ".join(str(e) for e in [*upstream, _epochs(stage, epochs_scale)])
+
+
 def _summarise(
-    rows: list[dict[str, Any]], eps: float, step: float, seconds: float
+    rows: list[dict[str, Any]], attacks: list[str], eps: float, step: float, seconds: float
 ) -> dict[str, Any]:
     return {
         "dataset": "digits",
@@ -211,21 +265,24 @@ def _summarise(
             "random_start": True,
             "split": "test",
         },
+        "attacks": [ATTACK_KEYS[a] for a in attacks if a != "natural"],
         "models": [r for r in rows if r["role"] == "reference"],
         "students": [r for r in rows if r["role"] == "student"],
-        "summary": summarise_seeds(rows),
+        "summary": summarise_seeds(rows, [ATTACK_KEYS[a] for a in attacks]),
         "wall_seconds": seconds,
     }
 
 
-def summarise_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise_seeds(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """Mean and (sample) standard deviation per model across seeds, in stage order."""
     out = []
     for name in dict.fromkeys(r["name"] for r in rows):
         group = [r for r in rows if r["name"] == name]
-        entry = {k: group[0][k] for k in ("name", "label", "role", "method", "architecture")}
+        entry = {
+            k: group[0][k] for k in ("name", "label", "role", "method", "architecture", "epochs")
+        }
         entry["seeds"] = [r["seed"] for r in group]
-        for key in ("natural", "pgd"):
+        for key in keys:
             values = [r[key] for r in group]
             mean = sum(values) / len(values)
             var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
@@ -235,10 +292,17 @@ def summarise_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(result key, column label) of every accuracy column, natural first."""
+    by_key = {ATTACK_KEYS[a]: ATTACK_LABELS[a] for a in ATTACK_KEYS}
+    return [("natural", "natural"), *((k, by_key[k]) for k in results["attacks"])]
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     a = results["attack"]
     summary = results["summary"]
     n_seeds = max(len(r["seeds"]) for r in summary)
+    columns = _columns(results)
 
     def cell(r: dict[str, Any], key: str) -> str:
         return f"{r[key]:.2f}" + (f" ± {r[key + '_std']:.2f}" if n_seeds > 1 else "")
@@ -247,13 +311,15 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         "# gacd demo on scikit-learn digits",
         "",
-        f"Test split accuracy (%), {seeds}; PGD-20, L-inf eps={a['eps']:.3g}, "
-        f"step {a['step_size']:.3g}, random start.",
+        f"Test split accuracy (%), {seeds}; L-inf eps={a['eps']:.3g}. PGD-20 (the paper's "
+        f"metric): step {a['step_size']:.3g}, random start. APGD-CE (and AutoAttack): the "
+        "reference AutoAttack code with its standard settings, the stronger check.",
         "",
         markdown_table(
-            ["model", "method", "architecture", "natural", "PGD-20"],
+            ["model", "method", "architecture", "epochs", *(label for _, label in columns)],
             [
-                [r["label"], r["method"], r["architecture"], cell(r, "natural"), cell(r, "pgd")]
+                [r["label"], r["method"], r["architecture"], r["epochs"]]
+                + [cell(r, key) for key, _ in columns]
                 for r in summary
             ],
         ),
@@ -262,3 +328,21 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def results_plot(results: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: natural and robust accuracy of every model (mean ± std over seeds)."""
+    summary = results["summary"]
+    series = {
+        label: (
+            [r[key] for r in summary],
+            [r[f"{key}_std"] if len(r["seeds"]) > 1 else float("nan") for r in summary],
+        )
+        for key, label in _columns(results)
+    }
+    return grouped_bars(
+        [r["label"] for r in summary],
+        series,
+        path,
+        title=f"gacd demo on digits (test split, eps {results['attack']['eps']:.2g})",
+    )

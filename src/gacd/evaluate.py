@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from gacd.config import ConfigError, RunConfig
+from gacd.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from gacd.engine.export import load_model, load_model_meta
 from gacd.evaluation.report import evaluate_model, evaluation_markdown, write_results
 from gacd.run import prepare_data, resolve_device
@@ -46,10 +45,13 @@ def evaluate_command(
     device: str = "auto",
     seed: int = 0,
 ) -> dict[str, Any]:
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"model file not found: {model_path}")
     if not attacks:
         raise ConfigError("--attacks is empty")
+    # The same range checks as a run config's evaluation section (one place for each rule).
+    EvalConfig(
+        attacks=attacks, eps=eps, step_size=step_size, restarts=restarts, max_samples=max_samples
+    )
+    DataConfig(eval_batch_size=batch_size)
     meta = load_model_meta(model_path)
     dataset = dataset or meta.get("dataset")
     if dataset is None:

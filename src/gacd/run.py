@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,15 @@ import torch
 import yaml
 
 from gacd.attacks import AttackSpec
-from gacd.config import ConfigError, RunConfig, to_dict
+from gacd.config import (
+    ConfigError,
+    RunConfig,
+    changed_keys,
+    from_dict,
+    load_yaml,
+    to_dict,
+    training_settings,
+)
 from gacd.data import (
     DEFAULTS,
     Augment,
@@ -21,13 +30,15 @@ from gacd.data import (
     restrict_classes,
     split_validation,
 )
-from gacd.engine.checkpoint import seed_everything
+from gacd.engine.checkpoint import load_checkpoint, seed_everything
 from gacd.engine.distributed import init_from_env, is_main, rank
 from gacd.engine.export import load_model
-from gacd.engine.trainer import Trainer, TrainResult
+from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Trainer, TrainResult
+from gacd.errors import RunDirectoryError
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodContext, build_method
 from gacd.models import ImageClassifier, build_model
+from gacd.progress import interactive, say
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,12 +222,71 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
     )
 
 
-def train(config: RunConfig, resume: bool = True, data: PreparedData | None = None) -> TrainResult:
+RUN_FILES = ("config.yaml", CHECKPOINT, MODEL_BEST, MODEL_LAST, METRICS)
+
+
+def check_run_directory(
+    config: RunConfig, resume: bool, extend: bool = True, ignore: tuple[str, ...] = ()
+) -> str:
+    """Decide what training into `config.out` means, before anything is written:
+    "fresh" (nothing there, or `resume=False`: the old run is discarded), "resume" (the same
+    config), or "extend" (only optim.epochs raised, with `extend`). Anything else is a
+    RunDirectoryError naming the keys that differ: a run directory belongs to one config.
+    `ignore` names keys a caller vouches for itself (a pipeline's wiring paths)."""
+    out = Path(config.out)
+    stored = out / "config.yaml"
+    if not resume or not stored.is_file():
+        return "fresh"
+    try:
+        old = training_settings(from_dict(RunConfig, load_yaml(stored)))
+    except ConfigError as err:
+        raise RunDirectoryError(
+            f"{out} holds a run whose config.yaml this version cannot read ({err}); use "
+            "another out=, or --no-resume to discard it and start afresh"
+        ) from None
+    new = training_settings(config)
+    changed = [k for k in changed_keys(old, new) if k not in ignore]
+    if not changed:
+        return "resume"
+    if extend and changed == ["optim.epochs"] and new["optim.epochs"] > old["optim.epochs"]:
+        return "extend"
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    raise RunDirectoryError(
+        f"{out} holds another run ({shown}{more}); use another out=, or --no-resume to "
+        "discard it and start afresh"
+    )
+
+
+def train(
+    config: RunConfig,
+    resume: bool = True,
+    data: PreparedData | None = None,
+    *,
+    epoch_lines: bool | None = None,
+    ignore: tuple[str, ...] = (),
+) -> TrainResult:
     """Train as configured; writes config.yaml, checkpoint.pt, metrics.jsonl and models.
-    `data` reuses an already prepared dataset (pipelines that run many stages on one)."""
+
+    A directory holding the same config resumes; raising only optim.epochs extends the run
+    (the schedule then follows the new length); any other difference is refused before
+    anything is written; `resume=False` discards what the directory holds. `data` reuses an
+    already prepared dataset (pipelines that run many stages on one); `epoch_lines` prints
+    one line per epoch (default: when the output is not a terminal); `ignore` as in
+    `check_run_directory`."""
+    mode = check_run_directory(config, resume, ignore=ignore)
     trainer = build_trainer(config, data)  # every check happens before anything is written
+    trainer.epoch_lines = not interactive() if epoch_lines is None else epoch_lines
     out = Path(config.out)
     if is_main():
+        if mode == "fresh":
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        elif (out / CHECKPOINT).is_file():
+            done = load_checkpoint(out / CHECKPOINT).get("epoch", 0)
+            what = "extending to" if mode == "extend" else "of"
+            say(f"{out}: resuming from epoch {done} ({what} {config.optim.epochs})")
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=mode != "fresh")

@@ -15,6 +15,7 @@ from typing import Any
 
 from gacd.config import ConfigError, RunConfig, from_dict, validate_method_section
 from gacd.engine.export import load_model, load_model_meta
+from gacd.errors import CheckpointError
 from gacd.evaluation.report import evaluate_model, markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
 from gacd.run import prepare_data, resolve_device, train
@@ -91,16 +92,18 @@ def run_transfer(
     device: str = "auto",
     progress: bool = True,
     resume: bool = True,
+    ignore: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train a linear probe on the frozen features of `student_path` for `dataset` (its
     `classes`, relabelled 0..n-1, images resized to `resize`), evaluate it on the test
     split under `attacks` (natural and PGD-7 by default; eps/step_size default to the
     dataset's) and write transfer.json / transfer.md to `out_dir`. Returns the JSON payload.
+    `ignore`: config keys a pipeline vouches for itself (see `gacd.run.train`).
     """
     student_path = Path(student_path)
     out = Path(out_dir)
     if not student_path.is_file():
-        raise FileNotFoundError(f"student model not found: {student_path}")
+        raise CheckpointError(f"student model not found: {student_path}")
     if epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {epochs}")
     config = _transfer_config(
@@ -128,7 +131,7 @@ def run_transfer(
         parse_attack(name, eps, step_size)
 
     out.mkdir(parents=True, exist_ok=True)
-    result = train(config, resume=resume, data=data)
+    result = train(config, resume=resume, data=data, ignore=ignore)
 
     # The probe after its last epoch, the usual linear-evaluation protocol. The trainer's
     # pick (best validation PGD accuracy) favoured under-trained, near-constant probes on

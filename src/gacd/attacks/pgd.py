@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gacd.errors import AttackBudgetError
+
 # objective(x_adv) -> per-sample losses [N] (or a scalar) to maximise.
 Objective = Callable[[Tensor], Tensor]
 
@@ -27,7 +29,11 @@ class AttackSpec:
 
     def __post_init__(self) -> None:
         if self.eps < 0 or self.step_size < 0 or self.steps < 0 or self.restarts < 1:
-            raise ValueError(f"invalid attack budget {self}")
+            raise AttackBudgetError(
+                f"invalid attack budget: eps={self.eps}, step_size={self.step_size}, "
+                f"steps={self.steps}, restarts={self.restarts}; allowed: eps, step_size, "
+                "steps >= 0 and restarts >= 1"
+            )
 
     def describe(self) -> str:
         start = "random start" if self.random_start else "no random start"

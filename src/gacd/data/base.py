@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gacd.errors import DataError
 
-class DataError(RuntimeError):
-    """A dataset is missing, incomplete or corrupt; the message says where and how to get it."""
+__all__ = ["ArraySplit", "DataError", "RawDataset"]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 
 from gacd.data.base import ArraySplit, RawDataset
 from gacd.data.loader import Augment
+from gacd.errors import ConfigError
 
 # A fixed seed: the validation split is the same for every run seed, so runs compare.
 _VAL_SPLIT_SEED = 7919
@@ -63,8 +64,8 @@ def _read_stl10(root: Path | None, download: bool) -> RawDataset:
 
 def _need_root(name: str, root: Path | None) -> Path:
     if root is None:
-        raise ValueError(
-            f"dataset '{name}' needs data.root: a directory holding its files "
+        raise ConfigError(
+            f"data.root: dataset '{name}' needs data.root: a directory holding its files "
             "(add data.download=true to fetch them there)"
         )
     return Path(root)
@@ -95,14 +96,16 @@ DATASET_NAMES = tuple(READERS)
 
 def read_dataset(name: str, root: str | Path | None = None, download: bool = False) -> RawDataset:
     if name not in READERS:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"data.name: unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")
     return READERS[name](Path(root) if root is not None else None, download)
 
 
 def split_validation(train: ArraySplit, fraction: float) -> tuple[ArraySplit, ArraySplit]:
     """Carve a class-stratified validation split off the training set, the same every time."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(
+            f"data.val_fraction: validation fraction must be in [0, 1), got {fraction}"
+        )
     rng = np.random.default_rng(_VAL_SPLIT_SEED)
     val_mask = np.zeros(len(train), dtype=bool)
     for c in np.unique(train.labels):
@@ -117,7 +120,7 @@ def restrict_classes(raw: RawDataset, classes: list[int]) -> RawDataset:
     source task and 5-9 for a transfer task with disjoint labels."""
     bad = [c for c in classes if not 0 <= c < raw.num_classes]
     if bad or len(set(classes)) != len(classes) or len(classes) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"data.classes {classes}: need at least two distinct labels in 0..{raw.num_classes - 1}"
         )
     lookup = np.full(raw.num_classes, -1, dtype=np.int64)
@@ -146,7 +149,7 @@ def resize_dataset(raw: RawDataset, size: int) -> RawDataset:
     import torch.nn.functional as F
 
     if size < 1:
-        raise ValueError(f"data.resize must be a positive size, got {size}")
+        raise ConfigError(f"data.resize: must be a positive size, got {size}")
 
     def resize(split: ArraySplit) -> ArraySplit:
         chunks = []

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gacd.errors import CheckpointError
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
@@ -30,16 +34,36 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a gacd model or training checkpoint onto the CPU (callers move what belongs on
+    a device: random-number states must stay CPU tensors).
+
+    Nothing is unpickled from a file that is not a PyTorch zip archive, and `weights_only`
+    refuses Python objects; every failure is a `CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
+    if not zipfile.is_zipfile(path):
+        kind = "an empty file" if path.stat().st_size == 0 else "not a PyTorch zip archive"
+        raise CheckpointError(
+            f"{path}: {kind}, so not a gacd model or checkpoint (a YAML or pickle file, or a "
+            "truncated copy?)"
+        )
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds Python objects that gacd files never contain; refused without "
+            "loading them (unpickling them could run code from the file)"
+        ) from None
+    except Exception as err:  # torch raises several types for corrupt archives
+        raise CheckpointError(
+            f"{path}: cannot read this PyTorch file ({type(err).__name__}); truncated or corrupt?"
+        ) from None
     if not isinstance(blob, dict):
-        raise ValueError(f"{path} holds a {type(blob).__name__}, not a gacd checkpoint or model")
+        raise CheckpointError(
+            f"{path} holds a {type(blob).__name__}, not a gacd model or checkpoint"
+        )
     return blob
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from gacd.engine.checkpoint import load_checkpoint, save_atomic
+from gacd.errors import CheckpointError
 from gacd.models import ImageClassifier, build_model
 
 FORMAT = "gacd-model-v1"
@@ -42,7 +43,7 @@ def export_model(
 def _load_exported(path: str | Path) -> dict[str, Any]:
     blob = load_checkpoint(path)
     if blob.get("format") != FORMAT:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not an exported gacd model (format {blob.get('format')!r}); "
             "a training checkpoint (checkpoint.pt) resumes when its run is started again; "
             "the models are exported beside it as model_best.pt / model_last.pt"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gacd.errors import ConfigError
+
 
 class MetricsLog:
     """Append-only JSONL of epoch records; on resume, records past the checkpoint are dropped
@@ -18,7 +20,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError(
+                raise ConfigError(
                     "tensorboard=true needs the tensorboard package: "
                     "pip install 'gacd[tensorboard]'"
                 ) from None

@@ -7,7 +7,6 @@ validation, metrics, a resumable checkpoint (atomic) and exported best/last mode
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from gacd.config import OptimConfig
 from gacd.data import Augment, DeviceSplit
@@ -32,8 +30,10 @@ from gacd.engine.distributed import (
 from gacd.engine.export import export_model
 from gacd.engine.logging import MetricsLog, read_metrics
 from gacd.engine.schedule import lr_multiplier
+from gacd.errors import CheckpointError, ConfigError, TrainingDiverged
 from gacd.evaluation.robust import NamedAttack, parse_attack, robust_accuracy
 from gacd.methods import Method
+from gacd.progress import bar, duration, remaining, say
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_LAST = "model_last.pt"
@@ -59,10 +59,6 @@ class TrainResult:
         return self.out_dir / MODEL_LAST
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 class Trainer:
     """Runs `method` for `optim.epochs` epochs; `fit(resume=True)` continues a checkpoint."""
 
@@ -82,6 +78,7 @@ class Trainer:
         eval_batch_size: int = 512,
         amp: bool = True,
         progress: bool = True,
+        epoch_lines: bool = False,
         tensorboard: bool = False,
         export_meta: dict[str, Any] | None = None,
     ) -> None:
@@ -99,6 +96,7 @@ class Trainer:
         self.device = train.device
         self.amp = amp and self.device.type == "cuda"
         self.progress = progress
+        self.epoch_lines = epoch_lines  # one summary line per epoch (logs, `gacd train`)
         self.tensorboard = tensorboard
         self.export_meta = dict(export_meta or {})
         # drop_last keeps batch shapes fixed (memory-bank updates, compiled graphs) when the
@@ -108,13 +106,14 @@ class Trainer:
         self.drop_last = len(train) >= 2 * batch_size or self.world > 1
         self.iters_per_epoch = train.num_batches(batch_size, self.drop_last) // self.world
         if self.iters_per_epoch < 1:
-            raise ValueError(
-                f"{len(train)} training samples give no full batch of {batch_size} per rank"
+            raise ConfigError(
+                f"data.batch_size: {batch_size} is too large; {len(train)} training samples "
+                "give no full batch per rank"
             )
         broadcast_buffers(method, parameters=True)  # all ranks start from rank 0's state
         params = self.params = method.trainable_parameters()
         if not params:
-            raise ValueError(f"method '{method.name}' has no trainable parameters")
+            raise ConfigError(f"method '{method.name}' has no trainable parameters")
         self.optimizer = torch.optim.SGD(
             params,
             lr=optim.lr,
@@ -149,9 +148,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
         if state.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"not a gacd training checkpoint (format {state.get('format')!r})")
+            raise CheckpointError(
+                f"not a gacd training checkpoint (format {state.get('format')!r})"
+            )
         if state["method_name"] != self.method.name:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint was written by method '{state['method_name']}', "
                 f"this run is '{self.method.name}'"
             )
@@ -170,18 +171,22 @@ class Trainer:
         log = MetricsLog(self.out_dir / METRICS, tensorboard)
         start, best_epoch, best_score = 0, 0, None
         if resume and ckpt_path.exists():
-            start, best_epoch, best_score = self.load_state_dict(
-                load_checkpoint(ckpt_path, map_location=self.device)
-            )
+            start, best_epoch, best_score = self.load_state_dict(load_checkpoint(ckpt_path))
             if is_main():
                 log.truncate_after(start)
         elif is_main() and (self.out_dir / METRICS).exists():
             (self.out_dir / METRICS).unlink()
         epochs = self.optim_cfg.epochs
+        started = time.perf_counter()
         try:
             for epoch in range(start, epochs):
                 record = self._train_epoch(epoch, epochs)
                 record.update(self._validate())
+                if self.epoch_lines and is_main():
+                    left = remaining(
+                        epoch + 1 - start, epochs - start, time.perf_counter() - started
+                    )
+                    say(epoch_line(self.method.name, record, epochs, left))
                 score = record.get(self.selection) if self.selection else None
                 improved = (
                     self.selection is None
@@ -229,15 +234,16 @@ class Trainer:
             drop_last=self.drop_last,
             shard=(rank(), self.world),
         )
-        bar = tqdm(
+        steps = bar(
             batches,
             total=self.iters_per_epoch,
             desc=f"{method.name} {epoch + 1}/{epochs}",
-            leave=False,
-            disable=not (self.progress and is_main()),
-            dynamic_ncols=True,
+            enabled=self.progress and is_main(),
         )
-        for batch in bar:
+        # The first non-finite step, kept on the device and read every few steps: the run
+        # stops near where it diverged without a device sync per step.
+        first_bad = torch.tensor(-1, device=self.device)
+        for step, batch in enumerate(steps):
             with self._autocast():
                 loss, terms = method.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -250,18 +256,29 @@ class Trainer:
             for key, value in (("loss", loss), *terms.items()):
                 value = torch.as_tensor(value).detach().float()
                 sums[key] = sums[key] + value if key in sums else value
-            if self.progress and count % 10 == 1:
-                bar.set_postfix({k: f"{float(v) / count:.3g}" for k, v in list(sums.items())[:4]})
-        bar.close()
+            finite = torch.isfinite(loss.detach()).all()
+            first_bad = torch.where(finite | (first_bad >= 0), first_bad, step)
+            if count % 10 == 0:
+                self._stop_if_diverged(first_bad, epoch)
+                steps.set_postfix({k: f"{float(v) / count:.3g}" for k, v in list(sums.items())[:4]})
+        steps.close()
+        self._stop_if_diverged(first_bad, epoch)
         # Ranks drift apart only in BatchNorm statistics (gradients are averaged): take rank 0's.
         broadcast_buffers(method)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         means = {f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}
         record.update(mean_across_ranks(means))
         record["epoch_seconds"] = time.perf_counter() - started
-        if not math.isfinite(record.get("train_loss", 0.0)):
-            raise NonFiniteLoss(f"non-finite mean loss at epoch {epoch + 1}")
         return record
+
+    def _stop_if_diverged(self, first_bad: Tensor, epoch: int) -> None:
+        step = int(first_bad)
+        if step >= 0:
+            raise TrainingDiverged(
+                f"training diverged: non-finite loss at epoch {epoch + 1}, step {step + 1} of "
+                f"{self.iters_per_epoch} (lr {self.optimizer.param_groups[0]['lr']:.3g}); "
+                "nothing of this epoch was saved; try a lower optim.lr"
+            )
 
     def _validate(self) -> dict[str, float]:
         if self.val is None or len(self.val) == 0 or self.selection is None:
@@ -282,3 +299,14 @@ class Trainer:
                 generator=self.generator,
             )
         return out
+
+
+def epoch_line(method: str, record: dict[str, Any], epochs: int, left: str = "") -> str:
+    """'pgd_at epoch 3/30: loss 1.234, val natural 95.12%, val PGD 55.30% (2.1 s, ~1 min left)'"""
+    parts = [f"loss {record['train_loss']:.4g}"] if "train_loss" in record else []
+    if "val_nat" in record:
+        parts.append(f"val natural {record['val_nat']:.2f}%")
+    if "val_adv" in record:
+        parts.append(f"val PGD {record['val_adv']:.2f}%")
+    timing = duration(record.get("epoch_seconds", 0.0)) + (f", {left}" if left else "")
+    return f"{method} epoch {record['epoch']}/{epochs}: {', '.join(parts)} ({timing})"

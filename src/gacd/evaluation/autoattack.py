@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,10 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from gacd.attacks import attack_mode
-from gacd.config import ConfigError
 from gacd.data import DeviceSplit
+from gacd.errors import ConfigError
+from gacd.progress import bar, chunks, interactive, remaining, say
 
-MISSING_MESSAGE = "AutoAttack needs the reference implementation: pip install 'gacd[autoattack]'"
+MISSING_MESSAGE = (
+    "AutoAttack needs its reference implementation, the pyautoattack package that gacd "
+    "depends on, and it is missing here: pip install pyautoattack"
+)
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 # Float slack when checking the budget: x + delta is rounded once more than delta itself.
@@ -37,7 +42,8 @@ _LOGGER_NAME = "auto-attack"  # the name pyautoattack logs under
 
 
 class AutoAttackUnavailable(ConfigError):
-    """The `pyautoattack` package is not installed (a ConfigError: the CLI exits 2)."""
+    """The `pyautoattack` package (a dependency) is missing: a broken install, said in one
+    line (the CLI exits 2)."""
 
 
 class AutoAttackError(RuntimeError):
@@ -152,6 +158,8 @@ def autoattack_accuracy(
     version: str = "standard",
     attacks: Sequence[str] | None = None,
     log_path: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "autoattack",
 ) -> float:
     """Accuracy (%) of `model` on the first `max_samples` points of `split` under L-inf
     AutoAttack at `eps`, run by the reference implementation (`pyautoattack`).
@@ -161,7 +169,8 @@ def autoattack_accuracy(
     ATTACK_NAMES, for quick checks). The targeted attacks use min(9, classes - 1) target
     classes: 9 as in the reference for 10+ classes, all there are below that.
     AutoAttack's log goes to `log_path` when given, otherwise nowhere; its sanity-check
-    findings are issued as `AutoAttackCheckWarning`s.
+    findings are issued as `AutoAttackCheckWarning`s. `progress` shows a bar on a terminal,
+    or a line per chunk of points elsewhere.
     """
     if version not in VERSIONS:
         raise ConfigError(f"AutoAttack version '{version}': choose one of {', '.join(VERSIONS)}")
@@ -201,21 +210,40 @@ def autoattack_accuracy(
                 f"attacks; the model has {num_classes}: use version='custom' with attacks "
                 "['apgd-ce', 'fab', 'square']"
             )
-        with _quiet_autoattack(log_path) as capture, torch.random.fork_rng(_rng_devices(device)):
-            kwargs: dict[str, Any] = {"eps": eps, "norm": "Linf", "version": version}
-            if run_attacks is not None:
-                kwargs["attacks"] = run_attacks
-            adversary = auto_attack_cls(model, device=device, seed=seed, **kwargs)
-            adversary.verbose = log_path is not None
-            # Fewer target classes than the reference's 9 when the model has fewer than 10:
-            # asking for more would index past the last logit.
-            n_targets = min(9, num_classes - 1)
-            adversary.apgd_targeted.n_target_classes = n_targets
-            adversary.fab.n_target_classes = n_targets
-            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-        x_adv = x_adv.detach().to(device)
+        messages: list[str] = []
+        adversarial = []
+        points = len(y)
+        started = time.perf_counter()
+        # In chunks (each point is attacked on its own), so long runs report progress; the
+        # chunks depend on the point count and batch size only, never on the display.
+        chunk = max(batch_size, -(-points // 20))
+        steps = bar(chunks(points, chunk), total=-(-points // chunk), desc=desc, enabled=progress)
+        for start, stop in steps:
+            with (
+                _quiet_autoattack(log_path) as capture,
+                torch.random.fork_rng(_rng_devices(device)),
+            ):
+                kwargs: dict[str, Any] = {"eps": eps, "norm": "Linf", "version": version}
+                if run_attacks is not None:
+                    kwargs["attacks"] = run_attacks
+                adversary = auto_attack_cls(model, device=device, seed=seed, **kwargs)
+                adversary.verbose = log_path is not None
+                # Fewer target classes than the reference's 9 when the model has fewer than
+                # 10: asking for more would index past the last logit.
+                n_targets = min(9, num_classes - 1)
+                adversary.apgd_targeted.n_target_classes = n_targets
+                adversary.fab.n_target_classes = n_targets
+                x_adv, _ = adversary.run_standard_evaluation(
+                    x[start:stop], y[start:stop], batch_size=batch_size
+                )
+            messages += [m for m in capture.messages if m not in messages]
+            adversarial.append(x_adv.detach().to(device))
+            if progress and not interactive() and stop < points:
+                elapsed = time.perf_counter() - started
+                say(f"{desc}: {stop}/{points} points ({remaining(stop, points, elapsed)})")
+        x_adv = torch.cat(adversarial)
         _check_budget(x, x_adv, eps)
         correct = _count_correct(model, x_adv, y, batch_size)
-    for message in capture.messages:
+    for message in messages:
         warnings.warn(f"AutoAttack check: {message}", AutoAttackCheckWarning, stacklevel=2)
     return 100.0 * correct / len(y)

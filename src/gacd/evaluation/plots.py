@@ -169,3 +169,39 @@ def line_plot_with_spread(
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def grouped_bars(
+    labels: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    ylabel: str = "accuracy (%)",
+    title: str | None = None,
+) -> Path:
+    """One group of bars per label (e.g. a model), one bar per series (e.g. natural, PGD-20,
+    APGD-CE): `series[name] = (values, stds)`, error bars where a std is known (not nan),
+    each bar annotated with its value. Writes a PNG to `path` and returns it."""
+    if not labels or not series:
+        raise ValueError("grouped_bars needs labels and at least one series")
+    n = len(labels)
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(6.0, 1.25 * n + 2.0), 4.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(n)
+    for i, (name, (values, stds)) in enumerate(series.items()):
+        v = np.asarray(values, dtype=np.float64)
+        s = np.asarray(stds, dtype=np.float64)
+        if v.shape != (n,) or s.shape != (n,):
+            raise ValueError(f"series '{name}': need {n} values and {n} stds")
+        offset = (i - (len(series) - 1) / 2) * width
+        rects = ax.bar(x + offset, v, width, label=name, yerr=np.where(np.isnan(s), 0, s))
+        ax.bar_label(rects, labels=[f"{val:.0f}" for val in v], fontsize=7, padding=2)
+    ax.set_xticks(x, list(labels), rotation=20, ha="right", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8, ncols=len(series))
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from gacd.data import DeviceSplit
 from gacd.evaluation.robust import parse_attack, robust_accuracy
+from gacd.progress import duration, interactive, say
 
 
 def evaluate_model(
@@ -36,7 +38,8 @@ def evaluate_model(
     results: dict[str, Any] = {"samples": n, "eps": eps, "accuracy": {}, "attacks": {}}
     for attack in parsed:
         generator = torch.Generator().manual_seed(seed)
-        results["accuracy"][attack.name] = robust_accuracy(
+        started = time.perf_counter()
+        results["accuracy"][attack.name] = acc = robust_accuracy(
             model,
             split,
             attack,
@@ -46,6 +49,10 @@ def evaluate_model(
             progress=progress,
         )
         results["attacks"][attack.name] = attack.describe()
+        if progress and not interactive():  # a log gets one line per attack
+            say(
+                f"{attack.name}: {acc:.2f}% ({n} points, {duration(time.perf_counter() - started)})"
+            )
     return results
 
 

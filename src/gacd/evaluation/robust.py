@@ -10,47 +10,63 @@ from torch import nn
 
 from gacd.attacks import AttackSpec, attack_mode, cross_entropy, cw_margin, misclassified, pgd
 from gacd.data import DeviceSplit
+from gacd.errors import ConfigError
+from gacd.progress import bar
 
 CW_DEFAULT_STEPS = 30
 
 
+# Single attacks of AutoAttack's reference code, with its standard settings (e.g. APGD-CE:
+# 100 iterations, adaptive step): strong checks that cost a fraction of the full ensemble.
+AUTOATTACK_PARTS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
+
+
 @dataclass(frozen=True)
 class NamedAttack:
-    """A parsed attack name: kind is natural | fgsm | pgd | cw | autoattack."""
+    """A parsed attack name: kind is natural | fgsm | pgd | cw | autoattack; an
+    AutoAttack kind with `part` runs that one attack of the ensemble."""
 
     name: str
     kind: str
     spec: AttackSpec | None
+    part: str | None = None
 
     def describe(self) -> str:
         if self.kind == "natural":
             return "clean inputs"
         if self.kind == "autoattack":
-            return f"AutoAttack (standard), L-inf eps={self.spec.eps:.4g}"  # type: ignore[union-attr]
+            what = f"{AUTOATTACK_PARTS[self.part]} of AutoAttack" if self.part else "AutoAttack"
+            return f"{what} (standard settings), L-inf eps={self.spec.eps:.4g}"  # type: ignore[union-attr]
         loss = "CW margin" if self.kind == "cw" else "cross-entropy"
         return f"{self.kind.upper()} on {loss}: {self.spec.describe()}"  # type: ignore[union-attr]
 
 
-ATTACK_HELP = "natural, fgsm, pgdK (e.g. pgd20), cw or cwK (e.g. cw30), autoattack"
+ATTACK_HELP = "natural, fgsm, pgdK (e.g. pgd20), cw or cwK (e.g. cw30), autoattack, " + ", ".join(
+    AUTOATTACK_PARTS
+)
 
 
-def parse_attack(name: str, eps: float, step_size: float, restarts: int = 1) -> NamedAttack:
-    """Turn 'pgd20' into a PGD-20 spec at the given budget (and so on for each kind)."""
+def parse_attack(
+    name: str, eps: float, step_size: float, restarts: int = 1, *, key: str = "attack"
+) -> NamedAttack:
+    """Turn 'pgd20' into a PGD-20 spec at the given budget (and so on for each kind);
+    `key` names the option the name came from in errors."""
     name = name.strip().lower()
     if name == "natural":
         return NamedAttack(name, "natural", None)
     if name == "fgsm":
         return NamedAttack(name, "fgsm", AttackSpec(eps, eps, 1, random_start=False))
-    if name == "autoattack":
-        return NamedAttack(name, "autoattack", AttackSpec(eps, step_size, 100))
+    if name == "autoattack" or name in AUTOATTACK_PARTS:
+        part = name if name in AUTOATTACK_PARTS else None
+        return NamedAttack(name, "autoattack", AttackSpec(eps, step_size, 100), part)
     match = re.fullmatch(r"(pgd|cw)(\d*)", name)
     if match:
         kind, steps = match.group(1), match.group(2)
         n = int(steps) if steps else (20 if kind == "pgd" else CW_DEFAULT_STEPS)
         if n < 1:
-            raise ValueError(f"attack '{name}': needs at least one step")
+            raise ConfigError(f"{key}: attack '{name}' needs at least one step")
         return NamedAttack(name, kind, AttackSpec(eps, step_size, n, True, restarts))
-    raise ValueError(f"unknown attack '{name}'; allowed: {ATTACK_HELP}")
+    raise ConfigError(f"{key}: unknown attack '{name}'; allowed: {ATTACK_HELP}")
 
 
 @torch.no_grad()
@@ -71,18 +87,19 @@ def robust_accuracy(
         return autoattack_accuracy(
             model,
             split,
-            attack.spec.eps,
-            batch_size=batch_size,  # type: ignore[union-attr]
+            attack.spec.eps,  # type: ignore[union-attr]
+            batch_size=batch_size,
             max_samples=max_samples,
+            version="custom" if attack.part else "standard",
+            attacks=[attack.part] if attack.part else None,
+            progress=progress,
+            desc=attack.name,
         )
     correct = total = 0
-    batches = split.batches(batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, total=split.num_batches(batch_size), desc=attack.name, leave=False)
+    points = len(split) if max_samples is None else min(len(split), max_samples)
+    shown = bar(None, total=points, desc=attack.name, enabled=progress)
     with attack_mode([model], train=False):
-        for batch in batches:
+        for batch in split.batches(batch_size):
             x, y = batch.images, batch.labels
             if max_samples is not None:
                 keep = max(0, min(len(y), max_samples - total))
@@ -100,4 +117,6 @@ def robust_accuracy(
                 )
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
+            shown.update(len(y))
+    shown.close()
     return 100.0 * correct / max(total, 1)

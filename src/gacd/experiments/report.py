@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gacd.errors import RunDirectoryError
 from gacd.evaluation.report import markdown_table
 from gacd.experiments.paper import PAPER, PaperTable
 
@@ -548,6 +549,7 @@ def _stages_section(results: dict[str, Any]) -> list[str]:
         [
             s["stage"],
             s["status"],
+            _epochs_cell(s),
             f"{s['seconds']:.1f}",
             "" if s.get("train_seconds") is None else f"{s['train_seconds']:.1f}",
         ]
@@ -557,13 +559,21 @@ def _stages_section(results: dict[str, Any]) -> list[str]:
     return [
         "## Stages",
         "",
-        "Status in the run that wrote this file; *training s*: the sum of the stage's epoch "
+        "Status in the run that wrote this file; *epochs*: trained (and, where a command-line "
+        "override changed it, the config file's); *training s*: the sum of the stage's epoch "
         "times (resumed runs included).",
         "",
-        markdown_table(["stage", "status", "seconds (this run)", "training s"], rows),
+        markdown_table(["stage", "status", "epochs", "seconds (this run)", "training s"], rows),
         "",
         *([f"Wall time of the run: {wall:.0f} s.", ""] if wall is not None else []),
     ]
+
+
+def _epochs_cell(stage: dict[str, Any]) -> str:
+    run, written = stage.get("epochs"), stage.get("config_epochs")
+    if run is None:
+        return ""
+    return str(run) if written in (None, run) else f"{run} (config: {written})"
 
 
 def render_report(results: dict[str, Any], run_dir: Path) -> str:
@@ -588,10 +598,10 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no results.json in {run_dir}: run `gacd run CONFIG` first")
+        raise RunDirectoryError(f"no results.json in {run_dir}: run `gacd run CONFIG` first")
     results = json.loads(path.read_text())
     if results.get("format") != "gacd-experiment-results-v1":
-        raise ValueError(f"{path} is not a gacd experiment results file")
+        raise RunDirectoryError(f"{path} is not a gacd experiment results file")
     out = run_dir / REPORT
     out.write_text(render_report(results, run_dir))
     return out

@@ -21,49 +21,56 @@ from typing import Any
 import torch
 import yaml
 
-from gacd.config import RunConfig, to_dict
+from gacd.config import RunConfig, to_dict, training_settings
 from gacd.data import DEFAULTS
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.export import load_model, load_model_meta
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
+from gacd.errors import CheckpointError
 from gacd.evaluation.report import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, recipe, stage_root
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
+from gacd.progress import remaining
 from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train
 
 MARKER = "stage.json"
 RESULTS = "results.json"
 RESULTS_FORMAT = "gacd-experiment-results-v1"
 SMOKE_NOTICE = "SMOKE RUN: numbers meaningless (tiny test data, a step or two of training)"
-# Settings that do not change what a stage trains: changing them never retrains it.
-NOT_TRAINING = (
-    "out",
-    "teacher",  # wiring; the upstream stage's fingerprint stands in for it
-    "init",
-    "progress",
-    "device",
-    "tensorboard",
-    "eval.attacks",
-    "eval.restarts",
-    "eval.split",
-    "eval.max_samples",
-    "data.eval_batch_size",
-)
+# A stage trained for less than this fraction of the epochs its YAML file sets makes the
+# run a smoke run: its numbers do not stand for the configured experiment.
+SMOKE_EPOCHS = 0.5
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and key != "kwargs":
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
+def cut_epochs(exp: ExperimentConfig, plan: Plan) -> dict[str, tuple[int, int]]:
+    """Stages trained far below the epochs their YAML file sets: key -> (run, file)."""
+    out = {}
+    for key, stage in plan.stages.items():
+        written = exp.file_epochs.get(key)
+        if written and stage.config.optim.epochs < SMOKE_EPOCHS * written:
+            out[key] = (stage.config.optim.epochs, written)
     return out
 
 
-def training_settings(config: RunConfig) -> dict[str, Any]:
-    flat = flatten(to_dict(config))
-    return {k: v for k, v in sorted(flat.items()) if k not in NOT_TRAINING}
+def smoke_notice(exp: ExperimentConfig, plan: Plan) -> str | None:
+    if exp.smoke:
+        return SMOKE_NOTICE
+    cut = cut_epochs(exp, plan)
+    if not cut:
+        return None
+    key, (run, written) = next(iter(cut.items()))
+    return (
+        f"SMOKE RUN: {len(cut)} stage(s) trained far fewer epochs than the config sets "
+        f"(e.g. {key}: {run} of {written}); numbers do not stand for this experiment"
+    )
+
+
+# Wiring: the upstream stages' fingerprints stand in for the teacher and init paths.
+WIRING = ("teacher", "init")
+
+
+def stage_settings(config: RunConfig) -> dict[str, Any]:
+    return {k: v for k, v in training_settings(config).items() if k not in WIRING}
 
 
 def _hash(obj: Any) -> str:
@@ -111,6 +118,7 @@ class Runner:
     log: Any = print
     _data: dict[str, PreparedData] = field(default_factory=dict)
     _hashes: dict[str, str] = field(default_factory=dict)
+    _position: str = ""  # "[k/n] ~time left", for the line announcing a stage
 
     # -- data -----------------------------------------------------------------------------
     def data(self, config: RunConfig) -> PreparedData:
@@ -122,7 +130,7 @@ class Runner:
 
     # -- fingerprints ---------------------------------------------------------------------
     def fingerprint(self, stage: Stage) -> dict[str, Any]:
-        settings = training_settings(stage.config)
+        settings = stage_settings(stage.config)
         upstream = {k: self._hashes[k] for k in stage.depends}
         if stage.external_model is not None:
             path = Path(stage.external_model)
@@ -141,7 +149,7 @@ class Runner:
         marker = read_json(folder / MARKER)
         if stage.external_model is not None:
             if not Path(stage.external_model).is_file():
-                raise FileNotFoundError(f"teacher model not found: {stage.external_model}")
+                raise CheckpointError(f"teacher model not found: {stage.external_model}")
             status, note = "evaluated", ""
             marker = self._fresh_marker(stage, fp, marker)
         elif stage.kind == "transfer":
@@ -215,7 +223,7 @@ class Runner:
         c = stage.config
         extra = f", {note}" if note else ""
         self.log(
-            f"  ... {stage.key}: {doing.get(status, status)}{extra} "
+            f"{self._position} {stage.key}: {doing.get(status, status)}{extra} "
             f"({stage.kind}, method {c.method['name']}, {c.optim.epochs} epochs)"
         )
 
@@ -230,7 +238,7 @@ class Runner:
         marker = self._fresh_marker(stage, fp, None)
         write_json(folder / MARKER, marker)  # "running": a crash from here on resumes
         config = stage.config
-        result = train(config, resume=resume, data=self.data(config))
+        result = train(config, resume=resume, data=self.data(config), ignore=WIRING)
         marker.update(
             epochs=result.epochs,
             best_epoch=result.best_epoch,
@@ -340,6 +348,7 @@ class Runner:
             device=c.device,
             progress=c.progress,
             resume=resume,
+            ignore=WIRING,
         )
         history = [json.loads(line) for line in (folder / METRICS).read_text().splitlines()]
         marker["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in history)
@@ -370,18 +379,34 @@ class Runner:
         (out / "experiment.yaml").write_text(
             yaml.safe_dump(experiment_dict(self.exp), sort_keys=False)
         )
-        if self.exp.smoke:
-            self.log(f"[{self.exp.name}] {SMOKE_NOTICE}")
+        notice = smoke_notice(self.exp, self.plan)
+        if notice:
+            self.log(f"[{self.exp.name}] {notice}")
         summary: list[dict[str, Any]] = []
+        trained_epochs, trained_seconds = 0, 0.0
         for i, stage in enumerate(stages, 1):
+            # Time left at this run's pace per epoch, over the stages not yet finished.
+            pending = sum(
+                s.config.optim.epochs
+                for s in stages[i - 1 :]
+                if s.external_model is None
+                and (read_json(self.root / s.key / MARKER) or {}).get("status") != "finished"
+            )
+            left = remaining(trained_epochs, trained_epochs + pending, trained_seconds)
+            self._position = f"[{i}/{len(stages)}]" + (f" {left}" if left else "")
             outcome = self.run_stage(stage)
             marker = read_json(self.root / stage.key / MARKER) or {}
+            if outcome.status in ("trained", "resumed", "retrained"):
+                trained_epochs += stage.config.optim.epochs
+                trained_seconds += outcome.seconds
             summary.append(
                 {
                     "stage": stage.key,
                     "status": outcome.status,
                     "seconds": outcome.seconds,
                     "train_seconds": marker.get("train_seconds"),
+                    "epochs": None if stage.external_model else stage.config.optim.epochs,
+                    "config_epochs": self.exp.file_epochs.get(stage.key),
                 }
             )
             note = f", {outcome.note}" if outcome.note else ""
@@ -497,8 +522,8 @@ def collect_results(
         "experiment": exp.name,
         "title": exp.title,
         "notes": exp.notes,
-        "smoke": exp.smoke,
-        "notice": SMOKE_NOTICE if exp.smoke else None,
+        "smoke": smoke_notice(exp, plan) is not None,
+        "notice": smoke_notice(exp, plan),
         "paper": exp.paper,
         "out": exp.out,
         "stages_dir": str(out),

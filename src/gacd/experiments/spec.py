@@ -124,9 +124,18 @@ class ExperimentConfig:
     arch_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     transfer_targets: dict[str, TransferTarget] = field(default_factory=dict, repr=False)
+    # Epochs per stage as the YAML file sets them, before command-line overrides: a run
+    # that trains far fewer is reported as a smoke run.
+    file_epochs: dict[str, int] = field(default_factory=dict, repr=False)
 
 
-_DERIVED = ("teacher_specs", "arch_overrides", "method_overrides", "transfer_targets")
+_DERIVED = (
+    "teacher_specs",
+    "arch_overrides",
+    "method_overrides",
+    "transfer_targets",
+    "file_epochs",
+)
 SPECIAL_SWEEPS = ("method", "arch", "seed")
 
 
@@ -264,8 +273,15 @@ def _check_sweep(exp: ExperimentConfig) -> None:
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML, apply dotted overrides (e.g. base.optim.epochs=1), check it."""
-    data = apply_overrides(load_yaml(path), overrides or [])
-    return experiment_from_dict(data)
+    from gacd.experiments.plan import plan_experiment
+
+    written = load_yaml(path)
+    exp = experiment_from_dict(apply_overrides(written, overrides or []))
+    as_written = experiment_from_dict(written) if overrides else exp
+    exp.file_epochs = {
+        key: stage.config.optim.epochs for key, stage in plan_experiment(as_written).stages.items()
+    }
+    return exp
 
 
 def experiment_dict(exp: ExperimentConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy, feature_transport, kl_to_reference
 from gacd.attacks.pgd import Objective
-from gacd.config import ConfigError
+from gacd.config import check_range
 from gacd.contrastive import (
     ClassAwareNegativeSampler,
     EmbeddingHead,
@@ -56,6 +56,21 @@ class GACDOptions:
     kd_weight: float = 0.0  # optional KD (T^2 KL) from the teacher's logits of x+
     kd_temperature: float = 4.0
 
+    def __post_init__(self) -> None:
+        for key, ok, allowed in (
+            ("negatives", self.negatives >= 1, "an integer >= 1"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("momentum", 0 <= self.momentum < 1, "0 <= momentum < 1"),
+            ("embed_dim", self.embed_dim >= 1, "an integer >= 1"),
+            ("ot_epsilon", self.ot_epsilon > 0, "> 0"),
+            ("ot_iterations", self.ot_iterations >= 1, "an integer >= 1"),
+            ("z_momentum", 0 <= self.z_momentum < 1, "0 <= z_momentum < 1"),
+            ("ce_weight", self.ce_weight >= 0, ">= 0"),
+            ("kd_weight", self.kd_weight >= 0, ">= 0"),
+            ("kd_temperature", self.kd_temperature > 0, "> 0"),
+        ):
+            check_range(f"method.{key}", getattr(self, key), ok, f"allowed: {allowed}")
+
 
 @register_method
 class GACD(Method):
@@ -67,10 +82,6 @@ class GACD(Method):
     def __init__(self, ctx: MethodContext, options: GACDOptions) -> None:
         super().__init__(ctx, options)
         o = options
-        if o.temperature <= 0 or not 0 <= o.momentum < 1 or o.negatives < 1 or o.embed_dim < 1:
-            raise ConfigError(
-                "method: need temperature > 0, 0 <= momentum < 1, negatives >= 1, embed_dim >= 1"
-            )
         labels = ctx.train_labels
         self.n_data = int(labels.numel())
         counts = torch.bincount(labels.cpu())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gacd.errors import ConfigError
 from gacd.models.base import ImageClassifier
 
 ModelFactory = Callable[..., ImageClassifier]
@@ -39,7 +40,9 @@ def build_model(
 ) -> ImageClassifier:
     _import_all()
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(
+            f"model.arch: unknown architecture '{arch}'; known: {', '.join(sorted(_REGISTRY))}"
+        )
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
     model = _REGISTRY[arch](
