@@ -76,8 +76,8 @@ def _entries(dataset: str) -> dict[tuple[str, str], tuple[str, ast.AST, Any]]:
         pairs = node.value.args[0].elts  # OrderedDict([(name, {...}), ...])
         for pair in pairs:
             name = ast.literal_eval(pair.elts[0])
-            fields = dict(zip((ast.literal_eval(k) for k in pair.elts[1].keys),
-                              pair.elts[1].values, strict=True))  # fmt: skip
+            keys = [ast.literal_eval(k) for k in pair.elts[1].keys]
+            fields = dict(zip(keys, pair.elts[1].values, strict=True))
             out[(threat, name)] = (text, fields["model"], ast.literal_eval(fields["gdrive_id"]))
     return out
 
@@ -93,8 +93,6 @@ def entry_constructor(dataset: str, threat: str, name: str) -> Callable[[], nn.M
     if isinstance(expr, ast.Name) and expr.id not in ns:
         # A model class defined in cifar10.py / cifar100.py itself: run its definition.
         tree = ast.parse(text)
-        classdef = next(
-            n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == expr.id
-        )
+        classdef = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == expr.id)
         exec(compile(ast.Module([classdef], []), f"<{dataset}.py>", "exec"), ns)
     return eval(compile(ast.Expression(expr), f"<{dataset}.py>", "eval"), ns)

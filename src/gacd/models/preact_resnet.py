@@ -11,7 +11,6 @@ from gacd.models.base import ImageClassifier
 from gacd.models.registry import register_model
 from gacd.models.resnet import init_weights
 
-
 SHORTCUT_INPUTS = ("preact", "raw")
 
 
@@ -53,10 +52,7 @@ class PreActBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The in-place ReLU acts on the BN output, a new tensor, so `x` survives for the sum.
         pre = self.relu(self.bn1(x))
-        if self.shortcut is None:
-            skip = x
-        else:
-            skip = self.shortcut(x if self.raw_shortcut else pre)
+        skip = x if self.shortcut is None else self.shortcut(x if self.raw_shortcut else pre)
         out = self.conv1(pre)
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         return out + skip

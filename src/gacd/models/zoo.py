@@ -57,17 +57,20 @@ def _check_choice(what: str, value: str, allowed: list[str]) -> None:
         raise ZooError(f"unknown {what} '{value}'; RobustBench entries here: {', '.join(allowed)}")
 
 
+def _bad_id(value: str) -> str:
+    return (
+        f"'{value}' is not a RobustBench id; expected {PREFIX}<dataset>/<threat>/<name>, "
+        f"e.g. {EXAMPLE}"
+    )
+
+
 def find_entry(zoo_id: str) -> ZooEntry:
     """The table entry of `robustbench:<dataset>/<threat>/<name>`."""
     if not is_zoo_id(zoo_id):
-        raise ZooError(f"'{zoo_id}' is not a RobustBench id; expected {PREFIX}<dataset>/"
-                       f"<threat>/<name>, e.g. {EXAMPLE}")  # fmt: skip
+        raise ZooError(_bad_id(zoo_id))
     parts = zoo_id[len(PREFIX) :].split("/")
     if len(parts) != 3 or not all(parts):
-        raise ZooError(
-            f"'{zoo_id}' is not a RobustBench id; expected {PREFIX}<dataset>/<threat>/<name>, "
-            f"e.g. {EXAMPLE}"
-        )
+        raise ZooError(_bad_id(zoo_id))
     dataset, threat, name = parts
     datasets = sorted({e.dataset for e in ENTRIES})
     if dataset not in datasets:
@@ -198,7 +201,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise ZooError(
             f"{path} pickles Python objects besides tensors, which gacd does not unpickle "
             f"(weights_only=True: unpickling can run code) ({str(err).splitlines()[0]}). If you "
-            "trust the file, keep only its weights: python -c \"import torch; "
+            'trust the file, keep only its weights: python -c "import torch; '
             f"c = torch.load('{path}', map_location='cpu', weights_only=False); "
             f"torch.save(c.get('state_dict', c), '{path}')\""
         ) from None
@@ -239,9 +242,13 @@ _RULES: dict[str, _Rules] = {
         (("conv_2d.", "stem."), ("batchnorm.", "head.0."), ("logits.", "classifier.")),
         r"layer_(\d+)\.(\d+)\.",
         0,
-        (("batchnorm_0", "bn1"), ("conv_2d_1", "conv1"), ("batchnorm_1", "bn2"),
-         ("conv_2d_2", "conv2")),
-    ),  # fmt: skip
+        (
+            ("batchnorm_0", "bn1"),
+            ("conv_2d_1", "conv1"),
+            ("batchnorm_1", "bn2"),
+            ("conv_2d_2", "conv2"),
+        ),
+    ),
     "wrn": (
         (("conv1.", "stem."), ("bn1.", "head.0."), ("fc.", "classifier.")),
         r"block(\d+)\.layer\.(\d+)\.",
@@ -354,8 +361,8 @@ def zoo_table(entries: list[ZooEntry] | None = None, markdown: bool = False) -> 
     right = {2, 3}
 
     def fmt(row: list[str]) -> str:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
-                 enumerate(zip(row, widths, strict=True))]  # fmt: skip
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs]
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows), "", note])
@@ -375,8 +382,8 @@ def describe_entry(entry: ZooEntry, zoo_root: str | Path | None = None) -> str:
     try:
         root = resolve_zoo_root(zoo_root)
     except ZooError:
-        lines.append(f"  file: <zoo root>/{entry.dataset}/{entry.threat}/{entry.name}.pt "
-                     f"(no zoo root set: --zoo-root DIR or {ENV_ROOT}=DIR)")  # fmt: skip
+        where = f"<zoo root>/{entry.dataset}/{entry.threat}/{entry.name}.pt"
+        lines.append(f"  file: {where} (no zoo root set: --zoo-root DIR or {ENV_ROOT}=DIR)")
     else:
         path = checkpoint_path(entry, root)
         lines.append(f"  file: {path} ({'present' if path.is_file() else 'missing'})")

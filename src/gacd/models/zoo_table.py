@@ -73,12 +73,15 @@ class ZooEntry:
 
 
 def _dm_wrn(depth: int, width: int, activation: str) -> dict[str, Any]:
-    return {"family": "dm_wrn", "arch": "dm_wrn", "kwargs": dict(depth=depth, width=width,
-            activation=activation)}  # fmt: skip
+    kwargs = {"depth": depth, "width": width, "activation": activation}
+    return {"family": "dm_wrn", "arch": "dm_wrn", "kwargs": kwargs}
 
 
-_DM_R18 = {"family": "dm_preact", "arch": "dm_preact_resnet", "kwargs": {"depth": 18,
-           "activation": "swish"}}  # fmt: skip
+_DM_R18 = {
+    "family": "dm_preact",
+    "arch": "dm_preact_resnet",
+    "kwargs": {"depth": 18, "activation": "swish"},
+}
 
 
 def _wrn(depth: int, widen: int, sub_block1: bool = False) -> dict[str, Any]:
@@ -92,8 +95,11 @@ def _wrn(depth: int, widen: int, sub_block1: bool = False) -> dict[str, Any]:
 
 _R18 = {"family": "resnet", "arch": "resnet18", "kwargs": {}}
 # He et al.'s public PreActResNet-18: raw-input projection shortcuts, no BN before pooling.
-_PREACT_RAW = {"family": "preact", "arch": "preact_resnet18",
-               "kwargs": {"shortcut_input": "raw", "final_bn": False}}  # fmt: skip
+_PREACT_RAW = {
+    "family": "preact",
+    "arch": "preact_resnet18",
+    "kwargs": {"shortcut_input": "raw", "final_bn": False},
+}
 # The variant with pre-activated projection shortcuts and a final BN-ReLU (our default).
 _PREACT = {"family": "preact", "arch": "preact_resnet18", "kwargs": {}}
 
