@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,3 +97,67 @@ def entry_constructor(dataset: str, threat: str, name: str) -> Callable[[], nn.M
         classdef = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == expr.id)
         exec(compile(ast.Module([classdef], []), f"<{dataset}.py>", "exec"), ns)
     return eval(compile(ast.Expression(expr), f"<{dataset}.py>", "eval"), ns)
+
+
+def entry_call_arguments(dataset: str, threat: str, name: str) -> dict[str, Any]:
+    """The arguments, defaults included, of an entry written `lambda: Class(...)`."""
+    _, expr, _ = _entries(dataset)[(threat, name)]
+    assert isinstance(expr, ast.Lambda) and isinstance(expr.body, ast.Call), name
+    ns = _namespace()
+    call = expr.body
+    callee = eval(compile(ast.Expression(call.func), "<call>", "eval"), ns)
+    args = [eval(compile(ast.Expression(a), "<arg>", "eval"), ns) for a in call.args]
+    kwargs = {
+        k.arg: eval(compile(ast.Expression(k.value), "<arg>", "eval"), ns) for k in call.keywords
+    }
+    bound = inspect.signature(callee).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BN is the identity
+    in eval mode, which would hide a wrongly mapped BN layer)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0.0, 0.2, generator=g)
+    return model
+
+
+def reference_model(dataset: str, threat: str, name: str, seed: int = 0) -> nn.Module:
+    """RobustBench's module for an entry: random weights (seeded), random BN statistics,
+    eval mode."""
+    torch.manual_seed(seed)
+    return randomise_batchnorm(entry_constructor(dataset, threat, name)(), seed).eval()
+
+
+def save_robustbench_file(model: nn.Module, path: Path, layout: str = "state_dict+module") -> Path:
+    """Save `model`'s weights as RobustBench's files come: under 'state_dict' with the
+    'module.' prefix of DataParallel (layout 'state_dict+module'), or a bare dict with
+    'model.' prefixes ('bare+model'), or a bare dict as is ('bare')."""
+    state = model.state_dict()
+    if layout == "state_dict+module":
+        blob: dict[str, Any] = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    elif layout == "bare+model":
+        blob = {f"model.{k}": v for k, v in state.items()}
+    elif layout == "bare":
+        blob = dict(state)
+    else:
+        raise ValueError(layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return path
+
+
+def write_zoo_entry(root: Path, zoo_id: str, seed: int = 0) -> nn.Module:
+    """Write a random checkpoint of RobustBench entry `zoo_id` (made with RobustBench's own
+    module) at ROOT/<dataset>/<threat>/<name>.pt; return that module (eval mode)."""
+    dataset, threat, name = zoo_id.removeprefix("robustbench:").split("/")
+    model = reference_model(dataset, threat, name, seed)
+    save_robustbench_file(model, root / dataset / threat / f"{name}.pt")
+    return model

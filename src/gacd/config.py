@@ -88,8 +88,10 @@ class RunConfig:
     compile: bool = False
     progress: bool = True
     tensorboard: bool = False
-    teacher: str | None = None  # exported teacher model (distillation methods)
-    init: str | None = None  # exported model to start the student from (AFT)
+    teacher: str | None = None  # exported teacher model or robustbench:<dataset>/<threat>/<name>
+    init: str | None = None  # exported model (or RobustBench id) to start the student from
+    zoo_root: str | None = None  # RobustBench checkpoints: DIR/<dataset>/<threat>/<name>.pt
+    zoo_download: bool = False  # fetch a missing RobustBench checkpoint into zoo_root
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})

@@ -24,11 +24,12 @@ import yaml
 from gacd.config import RunConfig, to_dict
 from gacd.data import DEFAULTS
 from gacd.engine.checkpoint import load_checkpoint
-from gacd.engine.export import load_model, load_model_meta
+from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
 from gacd.evaluation.report import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, recipe, stage_root
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
+from gacd.models.zoo import is_zoo_id
 from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train
 
 MARKER = "stage.json"
@@ -48,6 +49,8 @@ NOT_TRAINING = (
     "eval.split",
     "eval.max_samples",
     "data.eval_batch_size",
+    "zoo_root",  # where a RobustBench teacher's file lies; the file itself is fingerprinted
+    "zoo_download",
 )
 
 
@@ -125,9 +128,12 @@ class Runner:
         settings = training_settings(stage.config)
         upstream = {k: self._hashes[k] for k in stage.depends}
         if stage.external_model is not None:
-            path = Path(stage.external_model)
+            c = stage.config
+            path = model_file(stage.external_model, c.zoo_root, c.zoo_download)
             stat = path.stat()
             settings = {"model": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
+            if is_zoo_id(stage.external_model):
+                settings["id"] = stage.external_model
         fp = {"settings": settings, "upstream": upstream}
         fp["hash"] = _hash([settings, upstream])
         return fp
@@ -140,9 +146,7 @@ class Runner:
         self._hashes[stage.key] = fp["hash"]
         marker = read_json(folder / MARKER)
         if stage.external_model is not None:
-            if not Path(stage.external_model).is_file():
-                raise FileNotFoundError(f"teacher model not found: {stage.external_model}")
-            status, note = "evaluated", ""
+            status, note = "evaluated", ""  # fingerprint() found its file
             marker = self._fresh_marker(stage, fp, marker)
         elif stage.kind == "transfer":
             status, note, marker = self._transfer(stage, fp, marker)
@@ -274,8 +278,9 @@ class Runner:
             if missing:
                 data = self.data(config)
                 evaluation["data"] = _data_summary(config, data)
+                model = load_model(path, resolve_device(config.device), zoo_root=config.zoo_root)
                 result = evaluate_model(
-                    load_model(path, resolve_device(config.device)),
+                    model,
                     data.split(config.eval.split),
                     missing,
                     eps=eps,
