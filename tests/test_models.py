@@ -28,7 +28,10 @@ CIFAR_ARCHS = (
     "mobilenetv2",
 )
 # The generic factory needs a shape; WRN-10-1 is the smallest valid one (and cheap to run).
-EXTRA_KWARGS: dict[str, dict[str, Any]] = {"wrn": {"depth": 10, "widen_factor": 1}}
+EXTRA_KWARGS: dict[str, dict[str, Any]] = {
+    "wrn": {"depth": 10, "widen_factor": 1},
+    "dm_wrn": {"depth": 10, "width": 1},
+}
 
 
 @functools.cache

@@ -15,7 +15,7 @@ import torch
 
 from gacd.attacks import AttackSpec
 from gacd.config import ConfigError, RunConfig
-from gacd.engine.export import load_model, load_model_meta
+from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.errors import CheckpointError
 from gacd.evaluation.analysis import (
     POINT_KINDS,
@@ -24,6 +24,7 @@ from gacd.evaluation.analysis import (
     tsne_analysis,
 )
 from gacd.evaluation.plots import correlation_heatmaps, tsne_grid
+from gacd.models.zoo import is_zoo_id
 from gacd.run import prepare_data, resolve_device
 
 TEACHER = "teacher"
@@ -63,7 +64,9 @@ def _check_models(teacher: str, models: Sequence[tuple[str, str]]) -> dict[str, 
             raise ConfigError(f"model name '{name}' is used twice (or is the reserved 'teacher')")
         paths[name] = path
     for name, path in paths.items():
-        if not Path(path).is_file():
+        if is_zoo_id(path):
+            model_file(path)  # a RobustBench id, read from $GACD_ZOO; says how to get it
+        elif not Path(path).is_file():
             raise CheckpointError(f"{name}: model file not found: {path}")
     return paths
 

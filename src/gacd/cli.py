@@ -24,6 +24,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_zoo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--zoo-root",
+        help="RobustBench checkpoints, as DIR/<dataset>/<threat>/<name>.pt (default: $GACD_ZOO)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a missing RobustBench checkpoint from Google Drive into the zoo root",
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from gacd.config import load_run_config
     from gacd.run import train
@@ -76,11 +88,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         seed=args.seed,
+        zoo_root=args.zoo_root,
+        download=args.download,
     )
     for name, acc in payload["accuracy"].items():
         print(f"{name:>12}: {acc:6.2f}%   ({payload['attacks'][name]})")
     for warning in payload.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from gacd.models.zoo import (
+        describe_entry,
+        find_entry,
+        load_zoo_model,
+        locate_checkpoint,
+        zoo_entries,
+        zoo_table,
+    )
+
+    if args.id is None:
+        if args.download or args.check:
+            raise ConfigError("--download and --check need an entry: gacd zoo robustbench:...")
+        print(zoo_table(zoo_entries(args.dataset, args.threat), markdown=args.markdown))
+        return 0
+    entry = find_entry(args.id)
+    if args.download:
+        locate_checkpoint(entry.id, args.zoo_root, download=True)
+    print(describe_entry(entry, args.zoo_root))
+    if args.download or args.check:
+        model = load_zoo_model(entry.id, args.zoo_root)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"  loaded: every key of the file fits {entry.architecture} ({n / 1e6:.2f}M params)")
     return 0
 
 
@@ -195,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("distill", help="distil a student from an exported teacher")
-    p.add_argument("--teacher", required=True, help="exported teacher model (model_best.pt)")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="exported teacher model (model_best.pt) or robustbench:<dataset>/<threat>/<name> "
+        "(read from zoo_root=DIR or $GACD_ZOO)",
+    )
     p.add_argument("--method", default="gacd", help="distillation method (default: gacd)")
     p.add_argument("--student", help="student architecture (default: the config's)")
     _add_config_args(p)
@@ -212,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_linear_eval)
 
     p = sub.add_parser("evaluate", help="accuracy of an exported model under attacks")
-    p.add_argument("model", help="exported model file (model_best.pt / model_last.pt)")
+    p.add_argument(
+        "model",
+        help="exported model file (model_best.pt / model_last.pt) or a RobustBench id, "
+        "robustbench:<dataset>/<threat>/<name>",
+    )
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-root", help="directory holding the dataset files")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
@@ -229,7 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="directory for evaluation.json / evaluation.md")
+    _add_zoo_args(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "zoo", help="RobustBench models usable as robustbench:<dataset>/<threat>/<name>"
+    )
+    p.add_argument("id", nargs="?", help="one entry: its details and where its file goes")
+    p.add_argument("--dataset", help="list only this dataset's entries (cifar10, cifar100)")
+    p.add_argument("--threat", help="list only this threat model's entries (Linf, L2)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--check", action="store_true", help="load the entry's file to check it")
+    _add_zoo_args(p)
+    p.set_defaults(func=_cmd_zoo)
 
     p = sub.add_parser("analyze", help="logit-correlation and t-SNE analysis (paper Figs 3-5)")
     p.add_argument("--teacher", required=True, help="exported teacher model")

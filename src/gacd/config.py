@@ -162,8 +162,10 @@ class RunConfig:
     compile: bool = False
     progress: bool = True
     tensorboard: bool = False
-    teacher: str | None = None  # exported teacher model (distillation methods)
-    init: str | None = None  # exported model to start the student from (AFT)
+    teacher: str | None = None  # exported teacher model or robustbench:<dataset>/<threat>/<name>
+    init: str | None = None  # exported model (or RobustBench id) to start the student from
+    zoo_root: str | None = None  # RobustBench checkpoints: DIR/<dataset>/<threat>/<name>.pt
+    zoo_download: bool = False  # fetch a missing RobustBench checkpoint into zoo_root
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})
@@ -295,6 +297,8 @@ NOT_TRAINING = (
     "eval.split",
     "eval.max_samples",
     "data.eval_batch_size",
+    "zoo_root",  # where a RobustBench file lies; the file's contents are what count
+    "zoo_download",
 )
 _PATH_KEYS = ("teacher", "init", "data.root")
 
@@ -310,7 +314,7 @@ def training_settings(config: RunConfig) -> dict[str, Any]:
     data["method"] = {"name": cls.name, **dataclasses.asdict(options)}
     flat = flatten(data)
     for key in _PATH_KEYS:
-        if flat.get(key) is not None:
+        if flat.get(key) is not None and ":" not in flat[key]:  # a path, not a zoo id
             flat[key] = str(Path(flat[key]).expanduser().resolve())
     return {k: v for k, v in sorted(flat.items()) if k not in NOT_TRAINING}
 

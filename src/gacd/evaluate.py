@@ -1,11 +1,12 @@
-"""`gacd evaluate`: an exported model, a dataset split, a list of attacks -> JSON + Markdown."""
+"""`gacd evaluate`: an exported model (or a RobustBench id), a dataset split, a list of
+attacks -> JSON + Markdown."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gacd.config import ConfigError, DataConfig, EvalConfig, RunConfig
-from gacd.engine.export import load_model, load_model_meta
+from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.evaluation.report import evaluate_model, evaluation_markdown, write_results
 from gacd.run import prepare_data, resolve_device
 
@@ -44,7 +45,10 @@ def evaluate_command(
     out: str | None = None,
     device: str = "auto",
     seed: int = 0,
+    zoo_root: str | None = None,
+    download: bool = False,
 ) -> dict[str, Any]:
+    model_file(model_path, zoo_root, download)  # present (or fetched) before any work
     if not attacks:
         raise ConfigError("--attacks is empty")
     # The same range checks as a run config's evaluation section (one place for each rule).
@@ -64,7 +68,7 @@ def evaluate_command(
         config.data.resize = meta.get("resize")
     torch_device = resolve_device(device)
     data = prepare_data(config, torch_device)
-    model = load_model(model_path, torch_device)
+    model = load_model(model_path, torch_device, zoo_root=zoo_root)
     eps = data.defaults.eps if eps is None else eps
     step_size = data.defaults.step_size if step_size is None else step_size
     result = evaluate_model(

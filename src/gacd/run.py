@@ -115,7 +115,9 @@ def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> I
     arch = config.model.arch or DEFAULTS[raw.name].arch
     c = raw.image_shape[0]
     if config.init is not None:
-        model = load_model(config.init, device)
+        model = load_model(
+            config.init, device, zoo_root=config.zoo_root, download=config.zoo_download
+        )
         if model.spec["in_channels"] != c:
             raise ConfigError(
                 f"init: {config.init} takes {model.spec['in_channels']} channels; "
@@ -153,8 +155,15 @@ def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> I
     return model
 
 
-def load_teacher(path: str, raw: RawDataset, device: torch.device) -> ImageClassifier:
-    teacher = load_model(path, device)
+def load_teacher(
+    path: str,
+    raw: RawDataset,
+    device: torch.device,
+    zoo_root: str | None = None,
+    download: bool = False,
+) -> ImageClassifier:
+    """An exported model or a RobustBench id (`robustbench:...`, read from `zoo_root`)."""
+    teacher = load_model(path, device, zoo_root=zoo_root, download=download)
     if (
         teacher.spec["num_classes"] != raw.num_classes
         or teacher.spec["in_channels"] != raw.image_shape[0]
@@ -175,7 +184,11 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
     method_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 1 + rank())
     data = data or prepare_data(config, device)
     student = build_student(config, data.raw, device)
-    teacher = load_teacher(config.teacher, data.raw, device) if config.teacher else None
+    teacher = None
+    if config.teacher:
+        teacher = load_teacher(
+            config.teacher, data.raw, device, config.zoo_root, config.zoo_download
+        )
     attack = training_attack(config, data.defaults)
     ctx = MethodContext(
         student=student,

@@ -24,12 +24,12 @@ import yaml
 from gacd.config import RunConfig, to_dict, training_settings
 from gacd.data import DEFAULTS
 from gacd.engine.checkpoint import load_checkpoint
-from gacd.engine.export import load_model, load_model_meta
+from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
-from gacd.errors import CheckpointError
 from gacd.evaluation.report import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, recipe, stage_root
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
+from gacd.models.zoo import is_zoo_id
 from gacd.progress import remaining
 from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train
 
@@ -133,9 +133,12 @@ class Runner:
         settings = stage_settings(stage.config)
         upstream = {k: self._hashes[k] for k in stage.depends}
         if stage.external_model is not None:
-            path = Path(stage.external_model)
+            c = stage.config
+            path = model_file(stage.external_model, c.zoo_root, c.zoo_download)
             stat = path.stat()
             settings = {"model": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
+            if is_zoo_id(stage.external_model):
+                settings["id"] = stage.external_model
         fp = {"settings": settings, "upstream": upstream}
         fp["hash"] = _hash([settings, upstream])
         return fp
@@ -148,9 +151,7 @@ class Runner:
         self._hashes[stage.key] = fp["hash"]
         marker = read_json(folder / MARKER)
         if stage.external_model is not None:
-            if not Path(stage.external_model).is_file():
-                raise CheckpointError(f"teacher model not found: {stage.external_model}")
-            status, note = "evaluated", ""
+            status, note = "evaluated", ""  # fingerprint() found its file
             marker = self._fresh_marker(stage, fp, marker)
         elif stage.kind == "transfer":
             status, note, marker = self._transfer(stage, fp, marker)
@@ -282,8 +283,9 @@ class Runner:
             if missing:
                 data = self.data(config)
                 evaluation["data"] = _data_summary(config, data)
+                model = load_model(path, resolve_device(config.device), zoo_root=config.zoo_root)
                 result = evaluate_model(
-                    load_model(path, resolve_device(config.device)),
+                    model,
                     data.split(config.eval.split),
                     missing,
                     eps=eps,

@@ -24,7 +24,7 @@ class TeacherSpec:
 
     arch: str | None = None  # shorthand for config.model.arch
     method: str | None = None  # shorthand for config.method.name (default: pgd_at)
-    path: str | None = None  # an exported model (model_best.pt); nothing is trained
+    path: str | None = None  # an exported model (model_best.pt) or robustbench:<id>; not trained
     label: str | None = None  # display name in reports (default: from the architecture)
     config: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides
 

@@ -11,6 +11,8 @@ from gacd.models.base import ImageClassifier
 from gacd.models.registry import register_model
 from gacd.models.resnet import init_weights
 
+SHORTCUT_INPUTS = ("preact", "raw")
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus the shortcut; no activation after the sum.
@@ -18,10 +20,25 @@ class PreActBlock(nn.Module):
     Where the shape changes the shortcut is a 1x1 strided conv applied to the pre-activated
     input (so the BN-ReLU is shared by both paths, as in the wide-ResNet reference code);
     otherwise it is the identity on the raw input, keeping a clean identity path.
+    `shortcut_input="raw"` feeds the projection the raw input instead, as He et al.'s
+    pre-activation ResNet code (and checkpoints trained with it) do.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        dropout: float = 0.0,
+        shortcut_input: str = "preact",
+    ) -> None:
         super().__init__()
+        if shortcut_input not in SHORTCUT_INPUTS:
+            raise ValueError(
+                f"shortcut_input must be one of {', '.join(SHORTCUT_INPUTS)}, "
+                f"got {shortcut_input!r}"
+            )
+        self.raw_shortcut = shortcut_input == "raw"
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
@@ -35,7 +52,7 @@ class PreActBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The in-place ReLU acts on the BN output, a new tensor, so `x` survives for the sum.
         pre = self.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(pre)
+        skip = x if self.shortcut is None else self.shortcut(x if self.raw_shortcut else pre)
         out = self.conv1(pre)
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         return out + skip
@@ -44,7 +61,12 @@ class PreActBlock(nn.Module):
 class PreActResNet(ImageClassifier):
     """3x3 stem conv (no BN/ReLU: the first block pre-activates), stages of pre-activation
     blocks (the first at stride 1, each later one halving the resolution), a final BN-ReLU
-    (the blocks' outputs are un-normalised sums), global average pooling, linear classifier."""
+    (the blocks' outputs are un-normalised sums), global average pooling, linear classifier.
+
+    `final_bn=False` drops the final BN-ReLU and `shortcut_input="raw"` feeds projection
+    shortcuts the raw block input: together they are the common public PreActResNet-18 code
+    that several RobustBench checkpoints were trained with.
+    """
 
     def __init__(
         self,
@@ -56,6 +78,8 @@ class PreActResNet(ImageClassifier):
         widths: Sequence[int],
         blocks: Sequence[int],
         dropout: float = 0.0,
+        shortcut_input: str = "preact",
+        final_bn: bool = True,
     ) -> None:
         super().__init__(mean, std)
         if len(widths) != len(blocks):
@@ -67,13 +91,14 @@ class PreActResNet(ImageClassifier):
             layers: list[nn.Module] = []
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(PreActBlock(c, width, stride=stride, dropout=dropout))
+                layers.append(
+                    PreActBlock(c, width, stride, dropout=dropout, shortcut_input=shortcut_input)
+                )
                 c = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(
-            nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
+        final: list[nn.Module] = [nn.BatchNorm2d(c), nn.ReLU(inplace=True)] if final_bn else []
+        self.head = nn.Sequential(*final, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = c
         self.classifier = nn.Linear(c, num_classes)
         init_weights(self)
@@ -84,5 +109,7 @@ class PreActResNet(ImageClassifier):
 
 @register_model("preact_resnet18")
 def preact_resnet18(**kw: Any) -> PreActResNet:
-    """Pre-activation ResNet-18: [2, 2, 2, 2] blocks, widths 64-512; ~11.17M parameters."""
+    """Pre-activation ResNet-18: [2, 2, 2, 2] blocks, widths 64-512; ~11.17M parameters.
+    Pass `shortcut_input="raw", final_bn=False` for the other common variant (see
+    PreActResNet)."""
     return PreActResNet(stem_width=64, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), **kw)

@@ -64,7 +64,7 @@ def _import_all() -> None:
     # Importing the modules runs their @register_model decorators.
     import gacd.models.small_cnn  # noqa: F401
 
-    for module in ("resnet", "preact_resnet", "wide_resnet", "mobilenetv2"):
+    for module in ("resnet", "preact_resnet", "wide_resnet", "dm_resnet", "mobilenetv2"):
         try:
             __import__(f"gacd.models.{module}")
         except ModuleNotFoundError as err:
