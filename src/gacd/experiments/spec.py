@@ -277,7 +277,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
 
     written = load_yaml(path)
     exp = experiment_from_dict(apply_overrides(written, overrides or []))
-    as_written = experiment_from_dict(written) if overrides else exp
+    try:  # overrides may be what makes the file valid: then there is nothing to compare
+        as_written = experiment_from_dict(written) if overrides else exp
+    except ConfigError:
+        return exp
     exp.file_epochs = {
         key: stage.config.optim.epochs for key, stage in plan_experiment(as_written).stages.items()
     }
