@@ -24,6 +24,7 @@ from gacd.data import (
 from gacd.engine.checkpoint import seed_everything
 from gacd.engine.distributed import init_from_env, is_main, rank
 from gacd.engine.export import load_model
+from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import Trainer, TrainResult
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodContext, build_method
@@ -158,9 +159,9 @@ def load_teacher(path: str, raw: RawDataset, device: torch.device) -> ImageClass
 
 def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Trainer:
     device = resolve_device(init_from_env(config.device))  # joins torchrun's group, if any
-    generator = seed_everything(config.seed)  # data order and augmentation
+    generator = seed_everything(config.seed)  # the data order, shared by all ranks
     # The method's own stream (attack starts, negative sampling), apart from the data stream
-    # so that data-parallel ranks can share the data order but draw their own noise.
+    # so that data-parallel ranks share the data order but draw their own noise.
     method_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 1 + rank())
     data = data or prepare_data(config, device)
     student = build_student(config, data.raw, device)
@@ -176,6 +177,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         generator=method_generator,
     )
     method = build_method(config.method, ctx).to(device)
+    seed_rank_globals(config.seed, rank())  # models are built: now each rank its own streams
     eps, step = eval_budget(config, data.defaults)
     val_attack = (
         parse_attack(f"pgd{config.eval.val_attack_steps}", eps, step)
@@ -201,6 +203,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         augment=data.augment,
         out_dir=out,
         generator=generator,
+        seed=config.seed,
         val_attack=val_attack,
         selection=method.selection,
         eval_batch_size=config.data.eval_batch_size,

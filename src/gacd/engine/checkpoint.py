@@ -1,11 +1,13 @@
 """Checkpoints as plain dicts of tensors and primitives: written atomically, read with
-`weights_only=True`, and carrying every RNG state needed to resume bit-for-bit on CPU."""
+`weights_only=True` onto the CPU, and carrying every RNG state needed to resume bit-for-bit."""
 
 from __future__ import annotations
 
 import os
 import random
 import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,17 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint or exported model onto the CPU.
+
+    Always the CPU: RNG states must reach `torch.set_rng_state`, `Generator.set_state` and
+    NumPy as CPU tensors whatever device trains, and `load_state_dict` (modules and
+    optimisers) moves what belongs on the training device there itself."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(blob, dict):
@@ -43,9 +50,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return blob
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run draws from: Python, NumPy, torch (CPU, CUDA), and the run's
-    own CPU generator (data order, augmentation, attack starts, negative sampling)."""
+def rng_state(
+    generators: Mapping[str, torch.Generator], device: torch.device | None = None
+) -> dict[str, Any]:
+    """This process's random states: Python, NumPy, torch's CPU stream, the CUDA stream of
+    `device` (when it is a GPU) and each named generator (CPU or device generators alike:
+    their states are CPU byte tensors)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": list(_encode_python_state(random.getstate())),
@@ -56,14 +66,20 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng_state(
+    state: dict[str, Any],
+    generators: Mapping[str, torch.Generator],
+    device: torch.device | None = None,
+) -> None:
+    """Undo `rng_state`: the global streams and each generator in `generators` (a generator
+    the state does not hold keeps its seed, with a warning)."""
     random.setstate(_decode_python_state(state["python"]))
     np_state = state["numpy"]
     np.random.set_state(
@@ -76,9 +92,18 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
         )
     )
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["generators"]
+    for name, generator in generators.items():
+        if name in saved:
+            generator.set_state(saved[name])
+        else:
+            warnings.warn(
+                f"the checkpoint holds no state for random generator '{name}' "
+                f"(it has {', '.join(sorted(saved)) or 'none'}): it continues from its seed",
+                stacklevel=2,
+            )
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _encode_python_state(state: tuple) -> tuple:

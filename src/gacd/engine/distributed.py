@@ -88,6 +88,15 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     if not is_distributed() or not values:
         return values

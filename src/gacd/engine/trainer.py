@@ -21,6 +21,7 @@ from gacd.config import OptimConfig
 from gacd.data import Augment, DeviceSplit
 from gacd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
 from gacd.engine.distributed import (
+    all_gather_objects,
     average_gradients,
     barrier,
     broadcast_buffers,
@@ -32,6 +33,7 @@ from gacd.engine.distributed import (
 from gacd.engine.export import export_model
 from gacd.engine.logging import MetricsLog, read_metrics
 from gacd.engine.schedule import lr_multiplier
+from gacd.engine.streams import rank_generator
 from gacd.evaluation.robust import NamedAttack, parse_attack, robust_accuracy
 from gacd.methods import Method
 
@@ -39,7 +41,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_LAST = "model_last.pt"
 MODEL_BEST = "model_best.pt"
 METRICS = "metrics.jsonl"
-TRAIN_FORMAT = "gacd-train-v1"
+TRAIN_FORMAT = "gacd-train-v2"  # v2: every data-parallel rank's random states
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Trainer:
         augment: Augment,
         out_dir: str | Path,
         generator: torch.Generator,
+        seed: int,
         val_attack: NamedAttack | None,
         selection: str | None,
         eval_batch_size: int = 512,
@@ -92,7 +95,7 @@ class Trainer:
         self.batch_size = batch_size
         self.augment = augment
         self.out_dir = Path(out_dir)
-        self.generator = generator
+        self.generator = generator  # the data order: the same stream on every rank
         self.val_attack = val_attack
         self.selection = selection  # "val_adv", "val_nat" or None (keep the last epoch)
         self.eval_batch_size = eval_batch_size
@@ -111,6 +114,8 @@ class Trainer:
             raise ValueError(
                 f"{len(train)} training samples give no full batch of {batch_size} per rank"
             )
+        # Augmentation: each rank its own stream, on the training device.
+        self.augment_generator = rank_generator(seed, "augment", rank(), self.device)
         broadcast_buffers(method, parameters=True)  # all ranks start from rank 0's state
         params = self.params = method.trainable_parameters()
         if not params:
@@ -133,7 +138,23 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self, epoch: int, best_epoch: int, best_score: float | None) -> dict[str, Any]:
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every generator the run draws from, by name ("data" is shared by all ranks)."""
+        gens = {"data": self.generator, "augment": self.augment_generator}
+        gens.update({f"method.{k}": g for k, g in self.method.generators().items()})
+        return gens
+
+    def gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random states, in rank order (a collective: all ranks call it)."""
+        return all_gather_objects(rng_state(self.generators(), self.device))
+
+    def state_dict(
+        self,
+        epoch: int,
+        best_epoch: int,
+        best_score: float | None,
+        rng_states: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         return {
             "format": TRAIN_FORMAT,
             "epoch": epoch,
@@ -143,23 +164,33 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator),
-            "method_generator": self.method.generator.get_state(),
+            "rng": {"world_size": self.world, "ranks": rng_states},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
+        """Restore a checkpoint (CPU tensors, as `load_checkpoint` gives them): modules and
+        optimiser move their tensors to the training device, RNG states stay on the CPU."""
         if state.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"not a gacd training checkpoint (format {state.get('format')!r})")
+            older = str(state.get("format", "")).startswith("gacd-train-")
+            raise ValueError(
+                f"not a gacd training checkpoint (format {state.get('format')!r})"
+                + ("; it was written by an older gacd: train afresh" if older else "")
+            )
         if state["method_name"] != self.method.name:
             raise ValueError(
                 f"checkpoint was written by method '{state['method_name']}', "
                 f"this run is '{self.method.name}'"
             )
+        saved = state["rng"]
+        if saved["world_size"] != self.world:
+            raise ValueError(
+                f"checkpoint was written by {saved['world_size']} data-parallel rank(s), this "
+                f"run has {self.world}: resume with the same number of processes"
+            )
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self.generator)
-        self.method.generator.set_state(state["method_generator"])
+        restore_rng_state(saved["ranks"][rank()], self.generators(), self.device)
         return state["epoch"], state["best_epoch"], state["best_score"]
 
     # -- loop --------------------------------------------------------------------------------
@@ -170,9 +201,7 @@ class Trainer:
         log = MetricsLog(self.out_dir / METRICS, tensorboard)
         start, best_epoch, best_score = 0, 0, None
         if resume and ckpt_path.exists():
-            start, best_epoch, best_score = self.load_state_dict(
-                load_checkpoint(ckpt_path, map_location=self.device)
-            )
+            start, best_epoch, best_score = self.load_state_dict(load_checkpoint(ckpt_path))
             if is_main():
                 log.truncate_after(start)
         elif is_main() and (self.out_dir / METRICS).exists():
@@ -190,11 +219,13 @@ class Trainer:
                 )
                 if improved:
                     best_epoch, best_score = epoch + 1, score
-                if is_main():  # one writer; every rank holds the same state
+                rng_states = self.gather_rng_states()
+                if is_main():  # one writer; every rank holds the same model and method state
                     if improved:
                         self._export(MODEL_BEST, epoch + 1, "best")
                     log.write(record)
-                    save_atomic(self.state_dict(epoch + 1, best_epoch, best_score), ckpt_path)
+                    state = self.state_dict(epoch + 1, best_epoch, best_score, rng_states)
+                    save_atomic(state, ckpt_path)
             if is_main():
                 self._export(MODEL_LAST, epochs, "last")
             barrier()  # nobody reads rank 0's files before they are written
@@ -228,6 +259,7 @@ class Trainer:
             generator=self.generator,
             drop_last=self.drop_last,
             shard=(rank(), self.world),
+            augment_generator=self.augment_generator,
         )
         bar = tqdm(
             batches,

@@ -32,7 +32,9 @@ class MethodContext:
     attack_train_mode: bool
     num_classes: int
     train_labels: Tensor  # labels of the training split, on the training device
-    generator: torch.Generator  # CPU generator for attack starts and sampling (checkpointed)
+    # This rank's own CPU generator for attack starts and sampling (the trainer checkpoints
+    # it with every generator listed by `Method.generators`).
+    generator: torch.Generator
 
 
 @dataclass
@@ -91,6 +93,12 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each epoch (0-based), e.g. for warm-up schedules."""
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random generators this method draws from, by name. They are per-rank state:
+        the trainer saves each data-parallel rank's own and restores them on resume, so a
+        method that creates a generator lists it here (not in its state_dict)."""
+        return {"generator": self.generator}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
