@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import gacd.engine.trainer as trainer_module
+from gacd.config import ConfigError
 from gacd.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
@@ -362,6 +363,22 @@ def test_resume_off_the_cpu_hands_the_rng_cpu_byte_tensors(
     for name, generator in fresh.generators().items():
         assert torch.equal(generator.get_state(), saved["generators"][name]), name
     assert torch.equal(torch.get_rng_state(), saved["torch"])
+
+
+def test_resume_refuses_a_schedule_of_another_length(tmp_path, digits_data, digits_config):
+    overrides = ["method.name=natural", "model.arch=digits_cnn_small", "optim.epochs=1"]
+    build_trainer(digits_config(tmp_path, [*overrides, "data.batch_size=256"]), digits_data).fit()
+    other = build_trainer(digits_config(tmp_path, [*overrides, "data.batch_size=128"]), digits_data)
+    with pytest.raises(ValueError, match="iterations per epoch"):
+        other.fit(resume=True)
+
+
+def test_the_global_batch_must_split_evenly_over_the_ranks(
+    tmp_path, digits_data, digits_config, monkeypatch
+):
+    monkeypatch.setattr(trainer_module, "world_size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"data.batch_size: 64 .* 3 data-parallel ranks"):
+        build_trainer(digits_config(tmp_path, ["data.batch_size=64"]), digits_data)
 
 
 # -- kill -9 and resume through the command line ---------------------------------------------------

@@ -22,7 +22,7 @@ from gacd.data import (
     split_validation,
 )
 from gacd.engine.checkpoint import seed_everything
-from gacd.engine.distributed import init_from_env, is_main, rank
+from gacd.engine.distributed import init_from_env, is_main, rank, sync_batchnorm
 from gacd.engine.export import load_model
 from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import Trainer, TrainResult
@@ -165,6 +165,8 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
     method_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 1 + rank())
     data = data or prepare_data(config, device)
     student = build_student(config, data.raw, device)
+    if config.sync_bn:
+        student = sync_batchnorm(student, device)
     teacher = load_teacher(config.teacher, data.raw, device) if config.teacher else None
     attack = training_attack(config, data.defaults)
     ctx = MethodContext(

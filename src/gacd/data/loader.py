@@ -95,7 +95,9 @@ class DeviceSplit:
         shard: tuple[int, int] = (0, 1),
         augment_generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
-        """Yield batches; `shard=(rank, world)` keeps every world-th batch for one rank.
+        """Yield batches; `shard=(rank, world)` yields each batch's rank-th of `world`
+        slices (equal when `world` divides the batch size): data-parallel ranks together
+        train on exactly the batches one process would.
 
         `generator` (a CPU generator) drives shuffling, so a seed gives the same batches on
         every device and every rank; augmentation draws from `augment_generator` (default:
@@ -109,12 +111,13 @@ class DeviceSplit:
         else:
             order = torch.arange(n)
         rank, world = shard
-        # Every rank gets the same number of batches (a collective per step must match up).
-        n_batches = self.num_batches(batch_size, drop_last) // world * world
-        for b in range(n_batches):
-            if b % world != rank:
-                continue
-            batch = self.batch_at(order[b * batch_size : (b + 1) * batch_size])
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {shard}: need 0 <= rank < world")
+        for b in range(self.num_batches(batch_size, drop_last)):
+            indices = order[b * batch_size : (b + 1) * batch_size]
+            if world > 1:
+                indices = torch.tensor_split(indices, world)[rank]
+            batch = self.batch_at(indices)
             if augment is not None and augment.active:
                 images = augment_batch(batch.images, augment, augment_generator or generator)
                 batch = batch._replace(images=images)

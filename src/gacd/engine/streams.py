@@ -27,12 +27,13 @@ def rank_generator(seed: int, name: str, rank: int, device: torch.device) -> tor
     return torch.Generator(device).manual_seed(derive_seed(seed, name, rank))
 
 
-def seed_rank_globals(seed: int, rank: int) -> None:
+def seed_rank_globals(seed: int, rank: int, *parts: object) -> None:
     """Give rank > 0 its own global Python, NumPy and torch streams (dropout and the like);
-    rank 0 keeps the run's seed, so a one-process run draws what it always drew."""
+    rank 0 keeps its streams, so a one-process run draws what it always drew. `parts` name a
+    fresh set (e.g. after a resume on another number of ranks)."""
     if rank == 0:
         return
-    s = derive_seed(seed, "globals", rank)
+    s = derive_seed(seed, "globals", rank, *parts)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)

@@ -2,6 +2,8 @@
 
 Per epoch: batches -> method.step -> backward -> optimiser -> method.after_step; then
 validation, metrics, a resumable checkpoint (atomic) and exported best/last models.
+Under torchrun the loss forward runs inside DistributedDataParallel (see `distributed`):
+`batch_size` is the global batch, each rank trains on its slice of it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +20,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from gacd.config import OptimConfig
+from gacd.config import ConfigError, OptimConfig
 from gacd.data import Augment, DeviceSplit
 from gacd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
 from gacd.engine.distributed import (
     all_gather_objects,
-    average_gradients,
+    average_batchnorm_statistics,
     barrier,
-    broadcast_buffers,
+    broadcast_state,
+    data_parallel,
     is_main,
     mean_across_ranks,
     rank,
@@ -33,7 +37,7 @@ from gacd.engine.distributed import (
 from gacd.engine.export import export_model
 from gacd.engine.logging import MetricsLog, read_metrics
 from gacd.engine.schedule import lr_multiplier
-from gacd.engine.streams import rank_generator
+from gacd.engine.streams import derive_seed, rank_generator, seed_rank_globals
 from gacd.evaluation.robust import NamedAttack, parse_attack, robust_accuracy
 from gacd.methods import Method
 
@@ -96,6 +100,7 @@ class Trainer:
         self.augment = augment
         self.out_dir = Path(out_dir)
         self.generator = generator  # the data order: the same stream on every rank
+        self.seed = seed
         self.val_attack = val_attack
         self.selection = selection  # "val_adv", "val_nat" or None (keep the last epoch)
         self.eval_batch_size = eval_batch_size
@@ -108,16 +113,21 @@ class Trainer:
         # split is large enough; a tiny split keeps its single short batch. Data-parallel
         # ranks need equal shapes and counts, so they always drop the rest.
         self.world = world_size()
-        self.drop_last = len(train) >= 2 * batch_size or self.world > 1
-        self.iters_per_epoch = train.num_batches(batch_size, self.drop_last) // self.world
-        if self.iters_per_epoch < 1:
-            raise ValueError(
-                f"{len(train)} training samples give no full batch of {batch_size} per rank"
+        if batch_size % self.world:
+            raise ConfigError(
+                f"data.batch_size: {batch_size} (the global batch) does not split evenly over "
+                f"{self.world} data-parallel ranks; use a multiple of {self.world}"
             )
+        self.drop_last = len(train) >= 2 * batch_size or self.world > 1
+        self.iters_per_epoch = train.num_batches(batch_size, self.drop_last)
+        if self.iters_per_epoch < 1:
+            raise ValueError(f"{len(train)} training samples give no full batch of {batch_size}")
         # Augmentation: each rank its own stream, on the training device.
         self.augment_generator = rank_generator(seed, "augment", rank(), self.device)
-        broadcast_buffers(method, parameters=True)  # all ranks start from rank 0's state
-        params = self.params = method.trainable_parameters()
+        broadcast_state(method)  # all ranks start from rank 0's state
+        # The loss forward goes through DDP on several ranks; attacks use the plain modules.
+        self.ddp = data_parallel(method, self.device) if self.world > 1 else None
+        params = method.trainable_parameters()
         if not params:
             raise ValueError(f"method '{method.name}' has no trainable parameters")
         self.optimizer = torch.optim.SGD(
@@ -164,6 +174,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "iters_per_epoch": self.iters_per_epoch,
             "rng": {"world_size": self.world, "ranks": rng_states},
         }
 
@@ -181,17 +192,38 @@ class Trainer:
                 f"checkpoint was written by method '{state['method_name']}', "
                 f"this run is '{self.method.name}'"
             )
-        saved = state["rng"]
-        if saved["world_size"] != self.world:
+        if state["iters_per_epoch"] != self.iters_per_epoch:
             raise ValueError(
-                f"checkpoint was written by {saved['world_size']} data-parallel rank(s), this "
-                f"run has {self.world}: resume with the same number of processes"
+                f"checkpoint was trained with {state['iters_per_epoch']} iterations per epoch, "
+                f"this run has {self.iters_per_epoch} (data.batch_size or the data changed): "
+                "the learning-rate schedule cannot continue"
             )
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(saved["ranks"][rank()], self.generators(), self.device)
+        self._restore_rng(state["rng"], state["epoch"])
         return state["epoch"], state["best_epoch"], state["best_score"]
+
+    def _restore_rng(self, saved: dict[str, Any], epoch: int) -> None:
+        if saved["world_size"] == self.world:
+            restore_rng_state(saved["ranks"][rank()], self.generators(), self.device)
+            return
+        # Another number of ranks: the global batches and the schedule are the same, and the
+        # data order (shared) continues exactly; each rank's own streams cannot be mapped
+        # onto the new ranks, so they are reseeded.
+        if is_main():
+            warnings.warn(
+                f"resuming a run of {saved['world_size']} data-parallel ranks on {self.world}: "
+                "the data order continues exactly, each rank's own random streams "
+                "(augmentation, attack starts, sampling) are reseeded, so the run will not "
+                "repeat an uninterrupted one bit for bit",
+                stacklevel=3,
+            )
+        restore_rng_state(saved["ranks"][0], {"data": self.generator}, self.device)
+        own = {k: g for k, g in self.generators().items() if k != "data"}
+        for name, generator in own.items():
+            generator.manual_seed(derive_seed(self.seed, "resumed", name, rank(), epoch))
+        seed_rank_globals(self.seed, rank(), "resumed", epoch)
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> TrainResult:
@@ -210,7 +242,7 @@ class Trainer:
         try:
             for epoch in range(start, epochs):
                 record = self._train_epoch(epoch, epochs)
-                record.update(self._validate())
+                record.update(self._validate(epoch))
                 score = record.get(self.selection) if self.selection else None
                 improved = (
                     self.selection is None
@@ -271,10 +303,10 @@ class Trainer:
         )
         for batch in bar:
             with self._autocast():
-                loss, terms = method.step(batch)
+                # Under DDP the backward below averages the gradients over ranks.
+                loss, terms = self.ddp(batch) if self.ddp is not None else method.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(self.params)
             self.optimizer.step()
             self.scheduler.step()
             method.after_step(batch)
@@ -285,8 +317,8 @@ class Trainer:
             if self.progress and count % 10 == 1:
                 bar.set_postfix({k: f"{float(v) / count:.3g}" for k, v in list(sums.items())[:4]})
         bar.close()
-        # Ranks drift apart only in BatchNorm statistics (gradients are averaged): take rank 0's.
-        broadcast_buffers(method)
+        # Ranks drift apart only in BatchNorm statistics (gradients are averaged).
+        average_batchnorm_statistics(method)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         means = {f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}
         record.update(mean_across_ranks(means))
@@ -295,22 +327,29 @@ class Trainer:
             raise NonFiniteLoss(f"non-finite mean loss at epoch {epoch + 1}")
         return record
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Each rank attacks its share of the validation batches; the counts are summed.
+        The attack's random starts come from a stream of their own, seeded by the epoch:
+        validation never moves a training stream, and needs no checkpointed state."""
         if self.val is None or len(self.val) == 0 or self.selection is None:
             return {}
         student = self.method.student
-
+        natural = parse_attack("natural", 0, 0)
+        size = self.eval_batch_size
         out = {
             "val_nat": robust_accuracy(
-                student, self.val, parse_attack("natural", 0, 0), batch_size=self.eval_batch_size
+                student, self.val, natural, batch_size=size, across_ranks=True
             )
         }
         if self.val_attack is not None:
+            generator = torch.Generator(self.device)
+            generator.manual_seed(derive_seed(self.seed, "validation", epoch))
             out["val_adv"] = robust_accuracy(
                 student,
                 self.val,
                 self.val_attack,
-                batch_size=self.eval_batch_size,
-                generator=self.generator,
+                batch_size=size,
+                generator=generator,
+                across_ranks=True,
             )
         return out
