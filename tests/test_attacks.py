@@ -23,6 +23,7 @@ from gacd.attacks import (
     pgd,
     sinkhorn_distance,
 )
+from gacd.attacks.pgd import skip_random_starts
 from gacd.data import DEFAULTS, DeviceSplit
 from gacd.engine.export import load_model
 from gacd.models import build_model
@@ -374,3 +375,28 @@ def test_sinkhorn_is_differentiable_with_a_descent_gradient():
     d = c.detach().clone().requires_grad_(True)
     ga, gb = torch.autograd.grad(sinkhorn_distance(c, d), (c, d))
     assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+
+
+# -- keeping one random stream in step across data-parallel ranks ------------------------------
+@pytest.mark.parametrize("spec", [AttackSpec(0.3, 0.05, 2, restarts=3), AttackSpec(0.3, 0.05, 0)])
+def test_skipping_a_batch_leaves_the_generator_where_attacking_it_would(spec):
+    """A rank that skips another rank's batch must draw the next batch's random starts as
+    one process attacking every batch does (with restarts, and for steps=0 drawing none)."""
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+
+    def objective(z: Tensor) -> Tensor:
+        return (torch.sin(7 * z) * w).flatten(1).sum(1)
+
+    one_process = torch.Generator().manual_seed(5)
+    pgd(objective, x, spec, generator=one_process)
+    expected = pgd(objective, y, spec, generator=one_process)
+
+    rank = torch.Generator().manual_seed(5)
+    skip_random_starts(x.shape, spec, rank, x.device)
+    assert torch.equal(pgd(objective, y, spec, generator=rank), expected)
+    assert torch.equal(rank.get_state(), one_process.get_state())
+    if spec.steps:  # and the skip mattered: from the fresh seed, y starts elsewhere
+        fresh = pgd(objective, y, spec, generator=torch.Generator().manual_seed(5))
+        assert not torch.equal(fresh, expected)

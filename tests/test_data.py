@@ -205,16 +205,19 @@ def test_unshuffled_batches_are_in_order_and_shards_partition_them():
     split = _device_split()  # 103 samples: 7 batches of 16 (the last one short)
     order = torch.cat([b.indices for b in split.batches(16)])
     assert order.tolist() == list(range(len(split)))
-    all_batches = [tuple(b.indices.tolist()) for b in split.batches(16)]
+    all_batches = [b.indices.tolist() for b in split.batches(16, drop_last=True)]
     shards = [
-        [tuple(b.indices.tolist()) for b in split.batches(16, shard=(rank, 3))] for rank in range(3)
+        [b.indices.tolist() for b in split.batches(16, drop_last=True, shard=(rank, 4))]
+        for rank in range(4)
     ]
-    # Every rank gets the same number of batches; together they are distinct batches of
-    # the unsharded order, rank r taking every third one from r.
-    assert [len(s) for s in shards] == [len(all_batches) // 3] * 3
-    for rank, shard in enumerate(shards):
-        assert shard == all_batches[rank : 3 * len(shard) : 3]
-    assert len(set(itertools.chain(*shards))) == 3 * len(shards[0])
+    # Every rank gets every batch's slice of 16 / 4 samples, rank r the r-th slice: together,
+    # step by step, they hold exactly the batch one process would train on.
+    assert [len(s) for s in shards] == [len(all_batches)] * 4
+    for step, batch in enumerate(all_batches):
+        assert all(len(shard[step]) == 4 for shard in shards)
+        assert [i for shard in shards for i in shard[step]] == batch
+    with pytest.raises(ValueError, match="rank"):
+        next(split.batches(16, shard=(4, 4)))
 
 
 # -- augmentation ------------------------------------------------------------------------------

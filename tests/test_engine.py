@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+import gacd.engine.trainer as trainer_module
+from gacd.config import ConfigError
 from gacd.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
@@ -161,7 +163,7 @@ def test_export_needs_a_registry_built_model(tmp_path):
 
 def test_load_model_on_a_training_checkpoint_says_what_it_is(digits_teacher_path):
     checkpoint = digits_teacher_path.parent / "checkpoint.pt"
-    assert torch.load(checkpoint, weights_only=True)["format"] == "gacd-train-v1"
+    assert torch.load(checkpoint, weights_only=True)["format"] == "gacd-train-v2"
     with pytest.raises(ValueError, match="not an exported gacd model") as info:
         load_model(checkpoint)
     assert "model_best.pt" in str(info.value)
@@ -226,12 +228,12 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     _draw(generator)  # one gaussian each: Python and NumPy now hold a cached second one
     assert random.getstate()[2] is not None and np.random.get_state()[3] == 1
 
-    save_atomic({"rng": rng_state(generator)}, tmp_path / "rng.pt")
+    save_atomic({"rng": rng_state({"run": generator})}, tmp_path / "rng.pt")
     expected = _draw(generator)
     assert _draw(generator) != expected  # the streams really moved on
 
     fresh = torch.Generator()  # as a resumed process would hold
-    restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"], fresh)
+    restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"], {"run": fresh})
     assert _draw(fresh) == expected
 
 
@@ -309,6 +311,75 @@ def test_resume_refuses_a_checkpoint_of_another_method(
         trainer.load_state_dict(state)
     with pytest.raises(ValueError, match="not a gacd training checkpoint"):
         trainer.load_state_dict(load_checkpoint(digits_teacher_path))
+
+
+def _tensors_in(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors_in(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors_in(v)]
+    return []
+
+
+def test_resume_off_the_cpu_hands_the_rng_cpu_byte_tensors(
+    tmp_path, digits_data, digits_config, monkeypatch
+):
+    """Resuming used to load the checkpoint onto the training device, so on a GPU the RNG
+    states arrived as CUDA tensors, which torch.set_rng_state, Generator.set_state and NumPy
+    reject: resume crashed for every method. Without a GPU here, a trainer whose device is
+    `meta` (any device but the CPU) must still restore from CPU byte tensors."""
+    overrides = [
+        "method.name=pgd_at",
+        "model.arch=digits_cnn_small",
+        "optim.epochs=1",
+        "attack.steps=1",
+        "data.batch_size=256",
+        "eval.val_attack_steps=0",
+    ]
+    config = digits_config(tmp_path, overrides)
+    build_trainer(config, digits_data).fit(resume=False)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["rng"]["ranks"][0]
+
+    fresh = build_trainer(config, digits_data)
+    fresh.device = torch.device("meta")
+    restored: list[dict] = []
+    real_restore = trainer_module.restore_rng_state
+
+    def spy(state, generators, device=None):
+        restored.append(state)
+        real_restore(state, generators, device)
+
+    monkeypatch.setattr(trainer_module, "restore_rng_state", spy)
+    fresh.fit(resume=True)  # the run is complete: it loads, exports and stops
+
+    assert len(restored) == 1
+    state = restored[0]
+    byte_states = [state["torch"], *state["generators"].values()]
+    assert set(state["generators"]) == set(fresh.generators()) >= {"data", "augment"}
+    assert all(t.device.type == "cpu" and t.dtype == torch.uint8 for t in byte_states)
+    assert all(t.device.type == "cpu" for t in _tensors_in(state))
+    # ... and they really were restored: every generator holds the state of the checkpoint.
+    for name, generator in fresh.generators().items():
+        assert torch.equal(generator.get_state(), saved["generators"][name]), name
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+
+
+def test_resume_refuses_a_schedule_of_another_length(tmp_path, digits_data, digits_config):
+    overrides = ["method.name=natural", "model.arch=digits_cnn_small", "optim.epochs=1"]
+    build_trainer(digits_config(tmp_path, [*overrides, "data.batch_size=256"]), digits_data).fit()
+    other = build_trainer(digits_config(tmp_path, [*overrides, "data.batch_size=128"]), digits_data)
+    with pytest.raises(ValueError, match="iterations per epoch"):
+        other.fit(resume=True)
+
+
+def test_the_global_batch_must_split_evenly_over_the_ranks(
+    tmp_path, digits_data, digits_config, monkeypatch
+):
+    monkeypatch.setattr(trainer_module, "world_size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"data.batch_size: 64 .* 3 data-parallel ranks"):
+        build_trainer(digits_config(tmp_path, ["data.batch_size=64"]), digits_data)
 
 
 # -- kill -9 and resume through the command line ---------------------------------------------------

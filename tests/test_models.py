@@ -270,3 +270,23 @@ def test_depthwise_init_keeps_eval_outputs_alive() -> None:
     with torch.no_grad():
         feats, _ = model.forward_features(torch.rand(2, 3, 32, 32))
     assert float(feats.abs().mean()) > 1e-2
+
+
+def test_small_cnn_without_batch_norm_treats_each_sample_alone() -> None:
+    """`batch_norm=False` (data-parallel equivalence tests need a model whose training step
+    does not depend on how the batch is split): no BatchNorm, and in training mode a
+    sample's logits are the same alone as in a batch."""
+    torch.manual_seed(0)
+    plain = build_model("digits_cnn_small", in_channels=1, num_classes=10, mean=(0.3,), std=(0.4,))
+    free = build_model(
+        "digits_cnn_small", in_channels=1, num_classes=10, mean=(0.3,), std=(0.4,), batch_norm=False
+    ).train()
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in free.modules())
+    assert all(m.bias is not None for m in free.modules() if isinstance(m, nn.Conv2d))
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        together = free(x)
+        alone = torch.cat([free(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(together, alone)
+    assert free.spec["kwargs"] == {"batch_norm": False}

@@ -160,6 +160,7 @@ class RunConfig:
     amp: bool = True  # bf16 autocast on GPU (never on CPU)
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm in the student when data-parallel (GPUs only)
     progress: bool = True
     tensorboard: bool = False
     teacher: str | None = None  # exported teacher model or robustbench:<dataset>/<threat>/<name>

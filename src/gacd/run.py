@@ -31,8 +31,9 @@ from gacd.data import (
     split_validation,
 )
 from gacd.engine.checkpoint import load_checkpoint, seed_everything
-from gacd.engine.distributed import init_from_env, is_main, rank
+from gacd.engine.distributed import init_from_env, is_main, rank, sync_batchnorm
 from gacd.engine.export import load_model
+from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Trainer, TrainResult
 from gacd.errors import RunDirectoryError
 from gacd.evaluation.robust import parse_attack
@@ -178,12 +179,14 @@ def load_teacher(
 
 def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Trainer:
     device = resolve_device(init_from_env(config.device))  # joins torchrun's group, if any
-    generator = seed_everything(config.seed)  # data order and augmentation
+    generator = seed_everything(config.seed)  # the data order, shared by all ranks
     # The method's own stream (attack starts, negative sampling), apart from the data stream
-    # so that data-parallel ranks can share the data order but draw their own noise.
+    # so that data-parallel ranks share the data order but draw their own noise.
     method_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 1 + rank())
     data = data or prepare_data(config, device)
     student = build_student(config, data.raw, device)
+    if config.sync_bn:
+        student = sync_batchnorm(student, device)
     teacher = None
     if config.teacher:
         teacher = load_teacher(
@@ -200,6 +203,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         generator=method_generator,
     )
     method = build_method(config.method, ctx).to(device)
+    seed_rank_globals(config.seed, rank())  # models are built: now each rank its own streams
     eps, step = eval_budget(config, data.defaults)
     val_attack = (
         parse_attack(f"pgd{config.eval.val_attack_steps}", eps, step)
@@ -225,6 +229,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         augment=data.augment,
         out_dir=out,
         generator=generator,
+        seed=config.seed,
         val_attack=val_attack,
         selection=method.selection,
         eval_batch_size=config.data.eval_batch_size,

@@ -85,6 +85,37 @@ def attack_mode(models: Sequence[nn.Module], train: bool = False) -> Iterator[No
             m.num_batches_tracked.copy_(count)
 
 
+def random_start(
+    shape: torch.Size | tuple[int, ...],
+    eps: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Uniform noise in [-eps, eps]^shape on `device`, drawn where `generator` lives: on the
+    training device for a device generator (no copy per attack), on the CPU for a CPU
+    generator (the same numbers on every device)."""
+    draw_on = generator.device if generator is not None else device
+    noise = torch.rand(shape, generator=generator, dtype=dtype, device=draw_on)
+    return (noise.to(device) * 2 - 1) * eps
+
+
+def skip_random_starts(
+    shape: torch.Size | tuple[int, ...],
+    spec: AttackSpec,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Advance `generator` exactly as `pgd(..., spec)` on an input of `shape` would, without
+    attacking: ranks that split an evaluation keep one stream in step, so every batch gets
+    the random starts it gets in a single process."""
+    if generator is None or not spec.random_start or spec.steps == 0 or spec.eps == 0:
+        return
+    for _ in range(spec.restarts):
+        random_start(shape, spec.eps, generator, device, dtype)
+
+
 def pgd(
     objective: Objective,
     x: Tensor,
@@ -107,8 +138,7 @@ def pgd(
     best_score = None
     for _ in range(spec.restarts):
         if spec.random_start:
-            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
-            delta = (noise.to(x.device) * 2 - 1) * spec.eps
+            delta = random_start(x.shape, spec.eps, generator, x.device, x.dtype)
         else:
             delta = torch.zeros_like(x)
         x_adv = (x + delta).clamp_(0.0, 1.0)

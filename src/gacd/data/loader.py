@@ -39,15 +39,18 @@ def augment_batch(
 ) -> Tensor:
     """Augment a float batch on its own device; each sample draws its own shift and flip.
 
-    The few random numbers are drawn from a CPU generator and moved over, so a seed gives
-    the same augmentation on every device.
+    The few random numbers are drawn on the generator's device (the images' device when
+    there is none) and moved to the images: a CPU generator gives the same augmentation on
+    every device, a generator on the training device saves the copy.
     """
     n, _, h, w = images.shape
     device = images.device
+    draw_on = generator.device if generator is not None else device
     if augment.crop_padding > 0:
         p = augment.crop_padding
         padded = torch.nn.functional.pad(images, (p, p, p, p))
-        shift = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(device)
+        shift = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=draw_on)
+        shift = shift.to(device)
         rows = torch.arange(h, device=device)[None, :] + shift[0][:, None]  # [N, H]
         cols = torch.arange(w, device=device)[None, :] + shift[1][:, None]  # [N, W]
         batch_index = torch.arange(n, device=device)[:, None, None]
@@ -55,7 +58,7 @@ def augment_batch(
         images = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
         images = images.permute(0, 3, 1, 2).contiguous()
     if augment.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        flip = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
 
@@ -90,11 +93,15 @@ class DeviceSplit:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        augment_generator: torch.Generator | None = None,
     ) -> Iterator[Batch]:
-        """Yield batches; `shard=(rank, world)` keeps every world-th batch for one rank.
+        """Yield batches; `shard=(rank, world)` yields each batch's rank-th of `world`
+        slices (equal when `world` divides the batch size): data-parallel ranks together
+        train on exactly the batches one process would.
 
-        `generator` (a CPU generator) drives shuffling and augmentation, so a seed gives the
-        same batches on every device.
+        `generator` (a CPU generator) drives shuffling, so a seed gives the same batches on
+        every device and every rank; augmentation draws from `augment_generator` (default:
+        `generator`), which data-parallel ranks hold each their own.
         """
         n = len(self)
         if shuffle:
@@ -104,12 +111,14 @@ class DeviceSplit:
         else:
             order = torch.arange(n)
         rank, world = shard
-        # Every rank gets the same number of batches (a collective per step must match up).
-        n_batches = self.num_batches(batch_size, drop_last) // world * world
-        for b in range(n_batches):
-            if b % world != rank:
-                continue
-            batch = self.batch_at(order[b * batch_size : (b + 1) * batch_size])
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {shard}: need 0 <= rank < world")
+        for b in range(self.num_batches(batch_size, drop_last)):
+            indices = order[b * batch_size : (b + 1) * batch_size]
+            if world > 1:
+                indices = torch.tensor_split(indices, world)[rank]
+            batch = self.batch_at(indices)
             if augment is not None and augment.active:
-                batch = batch._replace(images=augment_batch(batch.images, augment, generator))
+                images = augment_batch(batch.images, augment, augment_generator or generator)
+                batch = batch._replace(images=images)
             yield batch

@@ -1,5 +1,5 @@
 """Checkpoints as plain dicts of tensors and primitives: written atomically, read with
-`weights_only=True`, and carrying every RNG state needed to resume bit-for-bit on CPU."""
+`weights_only=True` onto the CPU, and carrying every RNG state needed to resume bit-for-bit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +37,13 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a gacd model or training checkpoint onto the CPU (callers move what belongs on
-    a device: random-number states must stay CPU tensors).
+    """Read a gacd model or training checkpoint onto the CPU.
 
-    Nothing is unpickled from a file that is not a PyTorch zip archive, and `weights_only`
-    refuses Python objects; every failure is a `CheckpointError` naming the file."""
+    Always the CPU: RNG states must reach `torch.set_rng_state`, `Generator.set_state` and
+    NumPy as CPU tensors whatever device trains, and `load_state_dict` (modules and
+    optimisers) moves what belongs on the training device there itself. Nothing is
+    unpickled from a file that is not a PyTorch zip archive, and `weights_only` refuses
+    Python objects; every failure is a `CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
@@ -67,9 +71,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return blob
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run draws from: Python, NumPy, torch (CPU, CUDA), and the run's
-    own CPU generator (data order, augmentation, attack starts, negative sampling)."""
+def rng_state(
+    generators: Mapping[str, torch.Generator], device: torch.device | None = None
+) -> dict[str, Any]:
+    """This process's random states: Python, NumPy, torch's CPU stream, the CUDA stream of
+    `device` (when it is a GPU) and each named generator (CPU or device generators alike:
+    their states are CPU byte tensors)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": list(_encode_python_state(random.getstate())),
@@ -80,14 +87,20 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng_state(
+    state: dict[str, Any],
+    generators: Mapping[str, torch.Generator],
+    device: torch.device | None = None,
+) -> None:
+    """Undo `rng_state`: the global streams and each generator in `generators` (a generator
+    the state does not hold keeps its seed, with a warning)."""
     random.setstate(_decode_python_state(state["python"]))
     np_state = state["numpy"]
     np.random.set_state(
@@ -100,9 +113,18 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
         )
     )
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["generators"]
+    for name, generator in generators.items():
+        if name in saved:
+            generator.set_state(saved[name])
+        else:
+            warnings.warn(
+                f"the checkpoint holds no state for random generator '{name}' "
+                f"(it has {', '.join(sorted(saved)) or 'none'}): it continues from its seed",
+                stacklevel=2,
+            )
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _encode_python_state(state: tuple) -> tuple:

@@ -2,12 +2,15 @@
 
 Per epoch: batches -> method.step -> backward -> optimiser -> method.after_step; then
 validation, metrics, a resumable checkpoint (atomic) and exported best/last models.
+Under torchrun the loss forward runs inside DistributedDataParallel (see `distributed`):
+`batch_size` is the global batch, each rank trains on its slice of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,11 @@ from gacd.config import OptimConfig
 from gacd.data import Augment, DeviceSplit
 from gacd.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_atomic
 from gacd.engine.distributed import (
-    average_gradients,
+    all_gather_objects,
+    average_batchnorm_statistics,
     barrier,
-    broadcast_buffers,
+    broadcast_state,
+    data_parallel,
     is_main,
     mean_across_ranks,
     rank,
@@ -30,6 +35,7 @@ from gacd.engine.distributed import (
 from gacd.engine.export import export_model
 from gacd.engine.logging import MetricsLog, read_metrics
 from gacd.engine.schedule import lr_multiplier
+from gacd.engine.streams import derive_seed, rank_generator, seed_rank_globals
 from gacd.errors import CheckpointError, ConfigError, TrainingDiverged
 from gacd.evaluation.robust import NamedAttack, parse_attack, robust_accuracy
 from gacd.methods import Method
@@ -39,7 +45,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_LAST = "model_last.pt"
 MODEL_BEST = "model_best.pt"
 METRICS = "metrics.jsonl"
-TRAIN_FORMAT = "gacd-train-v1"
+TRAIN_FORMAT = "gacd-train-v2"  # v2: every data-parallel rank's random states
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Trainer:
         augment: Augment,
         out_dir: str | Path,
         generator: torch.Generator,
+        seed: int,
         val_attack: NamedAttack | None,
         selection: str | None,
         eval_batch_size: int = 512,
@@ -89,7 +96,8 @@ class Trainer:
         self.batch_size = batch_size
         self.augment = augment
         self.out_dir = Path(out_dir)
-        self.generator = generator
+        self.generator = generator  # the data order: the same stream on every rank
+        self.seed = seed
         self.val_attack = val_attack
         self.selection = selection  # "val_adv", "val_nat" or None (keep the last epoch)
         self.eval_batch_size = eval_batch_size
@@ -103,15 +111,24 @@ class Trainer:
         # split is large enough; a tiny split keeps its single short batch. Data-parallel
         # ranks need equal shapes and counts, so they always drop the rest.
         self.world = world_size()
+        if batch_size % self.world:
+            raise ConfigError(
+                f"data.batch_size: {batch_size} (the global batch) does not split evenly over "
+                f"{self.world} data-parallel ranks; use a multiple of {self.world}"
+            )
         self.drop_last = len(train) >= 2 * batch_size or self.world > 1
-        self.iters_per_epoch = train.num_batches(batch_size, self.drop_last) // self.world
+        self.iters_per_epoch = train.num_batches(batch_size, self.drop_last)
         if self.iters_per_epoch < 1:
             raise ConfigError(
                 f"data.batch_size: {batch_size} is too large; {len(train)} training samples "
-                "give no full batch per rank"
+                "give no full batch"
             )
-        broadcast_buffers(method, parameters=True)  # all ranks start from rank 0's state
-        params = self.params = method.trainable_parameters()
+        # Augmentation: each rank its own stream, on the training device.
+        self.augment_generator = rank_generator(seed, "augment", rank(), self.device)
+        broadcast_state(method)  # all ranks start from rank 0's state
+        # The loss forward goes through DDP on several ranks; attacks use the plain modules.
+        self.ddp = data_parallel(method, self.device) if self.world > 1 else None
+        params = method.trainable_parameters()
         if not params:
             raise ConfigError(f"method '{method.name}' has no trainable parameters")
         self.optimizer = torch.optim.SGD(
@@ -132,7 +149,23 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self, epoch: int, best_epoch: int, best_score: float | None) -> dict[str, Any]:
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every generator the run draws from, by name ("data" is shared by all ranks)."""
+        gens = {"data": self.generator, "augment": self.augment_generator}
+        gens.update({f"method.{k}": g for k, g in self.method.generators().items()})
+        return gens
+
+    def gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random states, in rank order (a collective: all ranks call it)."""
+        return all_gather_objects(rng_state(self.generators(), self.device))
+
+    def state_dict(
+        self,
+        epoch: int,
+        best_epoch: int,
+        best_score: float | None,
+        rng_states: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         return {
             "format": TRAIN_FORMAT,
             "epoch": epoch,
@@ -142,26 +175,56 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator),
-            "method_generator": self.method.generator.get_state(),
+            "iters_per_epoch": self.iters_per_epoch,
+            "rng": {"world_size": self.world, "ranks": rng_states},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int, float | None]:
+        """Restore a checkpoint (CPU tensors, as `load_checkpoint` gives them): modules and
+        optimiser move their tensors to the training device, RNG states stay on the CPU."""
         if state.get("format") != TRAIN_FORMAT:
+            older = str(state.get("format", "")).startswith("gacd-train-")
             raise CheckpointError(
                 f"not a gacd training checkpoint (format {state.get('format')!r})"
+                + ("; it was written by an older gacd: train afresh" if older else "")
             )
         if state["method_name"] != self.method.name:
             raise CheckpointError(
                 f"checkpoint was written by method '{state['method_name']}', "
                 f"this run is '{self.method.name}'"
             )
+        if state["iters_per_epoch"] != self.iters_per_epoch:
+            raise ValueError(
+                f"checkpoint was trained with {state['iters_per_epoch']} iterations per epoch, "
+                f"this run has {self.iters_per_epoch} (data.batch_size or the data changed): "
+                "the learning-rate schedule cannot continue"
+            )
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self.generator)
-        self.method.generator.set_state(state["method_generator"])
+        self._restore_rng(state["rng"], state["epoch"])
         return state["epoch"], state["best_epoch"], state["best_score"]
+
+    def _restore_rng(self, saved: dict[str, Any], epoch: int) -> None:
+        if saved["world_size"] == self.world:
+            restore_rng_state(saved["ranks"][rank()], self.generators(), self.device)
+            return
+        # Another number of ranks: the global batches and the schedule are the same, and the
+        # data order (shared) continues exactly; each rank's own streams cannot be mapped
+        # onto the new ranks, so they are reseeded.
+        if is_main():
+            warnings.warn(
+                f"resuming a run of {saved['world_size']} data-parallel ranks on {self.world}: "
+                "the data order continues exactly, each rank's own random streams "
+                "(augmentation, attack starts, sampling) are reseeded, so the run will not "
+                "repeat an uninterrupted one bit for bit",
+                stacklevel=3,
+            )
+        restore_rng_state(saved["ranks"][0], {"data": self.generator}, self.device)
+        own = {k: g for k, g in self.generators().items() if k != "data"}
+        for name, generator in own.items():
+            generator.manual_seed(derive_seed(self.seed, "resumed", name, rank(), epoch))
+        seed_rank_globals(self.seed, rank(), "resumed", epoch)
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> TrainResult:
@@ -181,7 +244,7 @@ class Trainer:
         try:
             for epoch in range(start, epochs):
                 record = self._train_epoch(epoch, epochs)
-                record.update(self._validate())
+                record.update(self._validate(epoch))
                 if self.epoch_lines and is_main():
                     left = remaining(
                         epoch + 1 - start, epochs - start, time.perf_counter() - started
@@ -195,11 +258,13 @@ class Trainer:
                 )
                 if improved:
                     best_epoch, best_score = epoch + 1, score
-                if is_main():  # one writer; every rank holds the same state
+                rng_states = self.gather_rng_states()
+                if is_main():  # one writer; every rank holds the same model and method state
                     if improved:
                         self._export(MODEL_BEST, epoch + 1, "best")
                     log.write(record)
-                    save_atomic(self.state_dict(epoch + 1, best_epoch, best_score), ckpt_path)
+                    state = self.state_dict(epoch + 1, best_epoch, best_score, rng_states)
+                    save_atomic(state, ckpt_path)
             if is_main():
                 self._export(MODEL_LAST, epochs, "last")
             barrier()  # nobody reads rank 0's files before they are written
@@ -233,6 +298,7 @@ class Trainer:
             generator=self.generator,
             drop_last=self.drop_last,
             shard=(rank(), self.world),
+            augment_generator=self.augment_generator,
         )
         steps = bar(
             batches,
@@ -245,10 +311,10 @@ class Trainer:
         first_bad = torch.tensor(-1, device=self.device)
         for step, batch in enumerate(steps):
             with self._autocast():
-                loss, terms = method.step(batch)
+                # Under DDP the backward below averages the gradients over ranks.
+                loss, terms = self.ddp(batch) if self.ddp is not None else method.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(self.params)
             self.optimizer.step()
             self.scheduler.step()
             method.after_step(batch)
@@ -263,8 +329,8 @@ class Trainer:
                 steps.set_postfix({k: f"{float(v) / count:.3g}" for k, v in list(sums.items())[:4]})
         steps.close()
         self._stop_if_diverged(first_bad, epoch)
-        # Ranks drift apart only in BatchNorm statistics (gradients are averaged): take rank 0's.
-        broadcast_buffers(method)
+        # Ranks drift apart only in BatchNorm statistics (gradients are averaged).
+        average_batchnorm_statistics(method)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         means = {f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}
         record.update(mean_across_ranks(means))
@@ -272,31 +338,40 @@ class Trainer:
         return record
 
     def _stop_if_diverged(self, first_bad: Tensor, epoch: int) -> None:
-        step = int(first_bad)
-        if step >= 0:
+        # Every rank stops together (a rank that ran on would wait in DDP's next collective).
+        bad = [int(s) for s in all_gather_objects(int(first_bad)) if int(s) >= 0]  # type: ignore[call-overload]
+        if bad:
+            step = min(bad)
             raise TrainingDiverged(
                 f"training diverged: non-finite loss at epoch {epoch + 1}, step {step + 1} of "
                 f"{self.iters_per_epoch} (lr {self.optimizer.param_groups[0]['lr']:.3g}); "
                 "nothing of this epoch was saved; try a lower optim.lr"
             )
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Each rank attacks its share of the validation batches; the counts are summed.
+        The attack's random starts come from a stream of their own, seeded by the epoch:
+        validation never moves a training stream, and needs no checkpointed state."""
         if self.val is None or len(self.val) == 0 or self.selection is None:
             return {}
         student = self.method.student
-
+        natural = parse_attack("natural", 0, 0)
+        size = self.eval_batch_size
         out = {
             "val_nat": robust_accuracy(
-                student, self.val, parse_attack("natural", 0, 0), batch_size=self.eval_batch_size
+                student, self.val, natural, batch_size=size, across_ranks=True
             )
         }
         if self.val_attack is not None:
+            generator = torch.Generator(self.device)
+            generator.manual_seed(derive_seed(self.seed, "validation", epoch))
             out["val_adv"] = robust_accuracy(
                 student,
                 self.val,
                 self.val_attack,
-                batch_size=self.eval_batch_size,
-                generator=self.generator,
+                batch_size=size,
+                generator=generator,
+                across_ranks=True,
             )
         return out
 

@@ -27,8 +27,11 @@ def evaluate_model(
     seed: int = 0,
     max_samples: int | None = None,
     progress: bool = False,
+    across_ranks: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy (%) under each named attack, with every attack's settings spelled out."""
+    """Accuracy (%) under each named attack, with every attack's settings spelled out.
+    `across_ranks=True` (all data-parallel ranks call it) splits each attack's batches over
+    the ranks, with the same numbers as one process (see `robust_accuracy`)."""
     parsed = [parse_attack(a, eps, step_size, restarts) for a in attacks]  # fail before work
     if any(a.kind == "autoattack" for a in parsed):
         from gacd.evaluation.autoattack import require_autoattack
@@ -47,6 +50,7 @@ def evaluate_model(
             generator=generator,
             max_samples=max_samples,
             progress=progress,
+            across_ranks=across_ranks,
         )
         results["attacks"][attack.name] = attack.describe()
         if progress and not interactive():  # a log gets one line per attack

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from gacd.attacks import AttackSpec, attack_mode, cross_entropy, cw_margin, misclassified, pgd
+from gacd.attacks.pgd import skip_random_starts
 from gacd.data import DeviceSplit
+from gacd.engine.distributed import rank, sum_across_ranks, world_size
 from gacd.errors import ConfigError
 from gacd.progress import bar
 
@@ -79,8 +81,15 @@ def robust_accuracy(
     generator: torch.Generator | None = None,
     max_samples: int | None = None,
     progress: bool = False,
+    across_ranks: bool = False,
 ) -> float:
-    """Accuracy (%) of `model` (kept in eval mode) on `split` under `attack`."""
+    """Accuracy (%) of `model` (kept in eval mode) on `split` under `attack`.
+
+    `across_ranks=True` (every data-parallel rank calls it) splits the batches over the
+    ranks and sums the counts; each rank advances `generator` past the other ranks' random
+    starts, so every batch is attacked from the start it gets in one process and the result
+    does not depend on the number of ranks. AutoAttack is not split: every rank runs it whole.
+    """
     if attack.kind == "autoattack":
         from gacd.evaluation.autoattack import autoattack_accuracy
 
@@ -95,19 +104,30 @@ def robust_accuracy(
             progress=progress,
             desc=attack.name,
         )
+    me, world = (rank(), world_size()) if across_ranks else (0, 1)
+    n = len(split) if max_samples is None else max(0, min(len(split), max_samples))
+    starts = range(0, n, batch_size)
+    mine = {i for b, i in enumerate(starts) if b % world == me}
+    shown = bar(
+        None,
+        total=sum(min(n, s + batch_size) - s for s in mine),
+        desc=attack.name,
+        enabled=progress,
+    )
+    image_shape = tuple(split.images.shape[1:])
+    make = cw_margin if attack.kind == "cw" else cross_entropy
     correct = total = 0
-    points = len(split) if max_samples is None else min(len(split), max_samples)
-    shown = bar(None, total=points, desc=attack.name, enabled=progress)
     with attack_mode([model], train=False):
-        for batch in split.batches(batch_size):
+        for start in starts:
+            stop = min(n, start + batch_size)
+            if start not in mine:
+                if attack.spec is not None:
+                    shape = (stop - start, *image_shape)
+                    skip_random_starts(shape, attack.spec, generator, split.device)
+                continue
+            batch = split.batch_at(torch.arange(start, stop))
             x, y = batch.images, batch.labels
-            if max_samples is not None:
-                keep = max(0, min(len(y), max_samples - total))
-                if keep == 0:
-                    break
-                x, y = x[:keep], y[:keep]
             if attack.spec is not None:
-                make = cw_margin if attack.kind == "cw" else cross_entropy
                 x = pgd(
                     make(model, y),
                     x,
@@ -119,4 +139,6 @@ def robust_accuracy(
             total += len(y)
             shown.update(len(y))
     shown.close()
+    if world > 1:
+        correct, total = (int(v) for v in sum_across_ranks([correct, total]))
     return 100.0 * correct / max(total, 1)

@@ -32,7 +32,9 @@ class MethodContext:
     attack_train_mode: bool
     num_classes: int
     train_labels: Tensor  # labels of the training split, on the training device
-    generator: torch.Generator  # CPU generator for attack starts and sampling (checkpointed)
+    # This rank's own CPU generator for attack starts and sampling (the trainer checkpoints
+    # it with every generator listed by `Method.generators`).
+    generator: torch.Generator
 
 
 @dataclass
@@ -60,6 +62,17 @@ class Method(nn.Module):
         self.attack_train_mode = ctx.attack_train_mode
         self.num_classes = ctx.num_classes
         self.generator = ctx.generator
+        # Attack random starts are drawn where the images live: on CPU the run's generator
+        # itself (CPU runs replay bit for bit as before), elsewhere a generator on the
+        # training device seeded from it (no noise copied to the device at every attack).
+        device = ctx.train_labels.device
+        self.attack_generator = (
+            ctx.generator
+            if device.type == "cpu"
+            else torch.Generator(device).manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+            )
+        )
         object.__setattr__(self, "_teacher", ctx.teacher)  # not a submodule, on purpose
         if ctx.teacher is not None:
             ctx.teacher.eval().requires_grad_(False)
@@ -79,7 +92,7 @@ class Method(nn.Module):
         with attack_mode(models, train=self.attack_train_mode):
             with torch.no_grad():
                 objective = make_objective()
-            return pgd(objective, x, self.attack, generator=self.generator)
+            return pgd(objective, x, self.attack, generator=self.attack_generator)
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss to minimise and named terms for logging (detached 0-d tensors: the loop
@@ -91,6 +104,15 @@ class Method(nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each epoch (0-based), e.g. for warm-up schedules."""
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """The random generators this method draws from, by name. They are per-rank state:
+        the trainer saves each data-parallel rank's own and restores them on resume, so a
+        method that creates a generator lists it here (not in its state_dict)."""
+        gens = {"generator": self.generator}
+        if self.attack_generator is not self.generator:
+            gens["attack"] = self.attack_generator
+        return gens
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -9,7 +9,7 @@ negatives, and each sample weighted by the teacher's probability of its true cla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -108,7 +108,7 @@ class GACD(Method):
             self.z_teacher = NormalizerZ(o.z_mode, o.z_momentum)
         self.to(labels.device)
         # Negative sampling draws on the bank's device; on CPU the run's own generator (so a
-        # resumed run is bit-identical), elsewhere a device generator checkpointed with us.
+        # resumed run is bit-identical), elsewhere a device generator (listed in generators()).
         self._sample_gen = (
             ctx.generator
             if labels.device.type == "cpu"
@@ -116,15 +116,12 @@ class GACD(Method):
         )
         self._pending: tuple[Tensor, Tensor | None, Tensor | None] | None = None
 
-    # -- checkpoint of the device generator (CPU runs use the run's generator) --------------
-    def get_extra_state(self) -> Any:
-        if self._sample_gen is self.generator:
-            return {}
-        return {"sample_generator": self._sample_gen.get_state()}
-
-    def set_extra_state(self, state: Any) -> None:
-        if state and self._sample_gen is not self.generator:
-            self._sample_gen.set_state(state["sample_generator"])
+    # -- per-rank random state: the trainer checkpoints every rank's generators -------------
+    def generators(self) -> dict[str, torch.Generator]:
+        gens = super().generators()
+        if self._sample_gen is not self.generator:  # the device generator (off the CPU)
+            gens["sample"] = self._sample_gen
+        return gens
 
     # -- positives ---------------------------------------------------------------------------
     def _positive_objective(self, batch: Batch) -> Objective:

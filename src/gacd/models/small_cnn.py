@@ -10,13 +10,16 @@ from gacd.models.base import ImageClassifier
 from gacd.models.registry import register_model
 
 
-def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+def _conv_block(c_in: int, c_out: int, batch_norm: bool = True) -> list[nn.Module]:
+    if not batch_norm:  # conv with bias, no normalisation
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 class SmallCNN(ImageClassifier):
     """Stages of (conv-BN-ReLU) x convs_per_stage, each stage but the last followed by a
-    2x2 max-pool; then global average pooling and a linear classifier."""
+    2x2 max-pool; then global average pooling and a linear classifier. `batch_norm=False`
+    drops the BatchNorm layers (each sample's output then depends on that sample alone)."""
 
     def __init__(
         self,
@@ -28,13 +31,14 @@ class SmallCNN(ImageClassifier):
         convs_per_stage: int = 1,
         hidden: int = 0,
         spatial: int = 1,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__(mean, std)
         layers: list[nn.Module] = []
         c = in_channels
         for i, width in enumerate(widths):
             for _ in range(convs_per_stage):
-                layers += _conv_block(c, width)
+                layers += _conv_block(c, width, batch_norm)
                 c = width
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
