@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gacd.config import ConfigError
+from gacd.errors import ConfigError
 
 
 def is_distributed() -> bool:

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gacd.attacks import cross_entropy
-from gacd.config import ConfigError
 from gacd.data import Batch
+from gacd.errors import ConfigError
 from gacd.methods.base import Method, MethodContext, register_method
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence

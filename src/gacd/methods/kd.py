@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gacd.config import ConfigError
 from gacd.data import Batch
+from gacd.errors import ConfigError
 from gacd.methods.base import Method, register_method
 from gacd.methods.losses import accuracy, kl_divergence
 

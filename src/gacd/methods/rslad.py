@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from gacd.attacks import kl_to_reference
-from gacd.config import ConfigError
 from gacd.data import Batch
+from gacd.errors import ConfigError
 from gacd.methods.base import Method, register_method
 from gacd.methods.losses import accuracy, kl_divergence
 
