@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from gacd.errors import CheckpointError
+from gacd.models.archs import build_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import build_model
 from gacd.models.zoo_table import ENTRIES, ZooEntry
 
 PREFIX = "robustbench:"
