@@ -53,6 +53,10 @@ class CheckpointError(GacdError, ValueError):
     """A model or checkpoint file is missing, unreadable, or not what was asked for."""
 
 
+class ZooError(CheckpointError):
+    """A RobustBench id, zoo root or checkpoint that cannot be used; the message says why."""
+
+
 class RunDirectoryError(GacdError):
     """An output directory holds another run (a different config)."""
 
