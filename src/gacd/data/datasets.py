@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from gacd.data.base import ArraySplit, RawDataset
 from gacd.data.cifar import read_cifar10, read_cifar100
@@ -240,9 +242,6 @@ def restrict_classes(raw: RawDataset, classes: list[int]) -> RawDataset:
 def resize_dataset(raw: RawDataset, size: int) -> RawDataset:
     """Resize every image to size x size (bilinear, antialiased), once, staying uint8: e.g.
     STL-10's 96x96 down to a CIFAR student's 32x32 for transfer."""
-    import torch
-    import torch.nn.functional as F
-
     if size < 1:
         raise ConfigError(f"data.resize: must be a positive size, got {size}")
 
