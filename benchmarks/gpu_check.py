@@ -49,9 +49,8 @@ import numpy as np
 import torch
 
 from gacd.config import load_run_config
-from gacd.data import Augment, DeviceSplit
+from gacd.data import Augment, DatasetDefaults, DeviceSplit
 from gacd.data.base import ArraySplit, RawDataset
-from gacd.data.registry import DatasetDefaults
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.export import export_model
 from gacd.engine.trainer import CHECKPOINT, MODEL_LAST, Trainer

@@ -24,12 +24,12 @@ from gacd.attacks import (
     sinkhorn_distance,
 )
 from gacd.attacks.pgd import skip_random_starts
-from gacd.data import DEFAULTS, DeviceSplit
+from gacd.data import DeviceSplit, dataset_info
 from gacd.engine.export import load_model
 from gacd.models import build_model
 
-EPS = DEFAULTS["digits"].eps
-STEP = DEFAULTS["digits"].step_size
+EPS = dataset_info("digits").defaults.eps
+STEP = dataset_info("digits").defaults.step_size
 
 
 def _fresh_model(seed: int = 0) -> nn.Module:

@@ -12,11 +12,11 @@ import torch
 from sklearn.datasets import load_digits
 
 from gacd.data import (
-    DEFAULTS,
     ArraySplit,
     Augment,
     DeviceSplit,
     augment_batch,
+    dataset_info,
     read_dataset,
     split_validation,
 )
@@ -301,6 +301,6 @@ def test_augmented_batches_are_shifted_copies_of_their_indexed_images():
 
 
 def test_digits_defaults_reach_the_prepared_data(digits_data, digits_config):
-    assert digits_data.augment == DEFAULTS["digits"].augment
+    assert digits_data.augment == dataset_info("digits").defaults.augment
     config = digits_config("unused", ["data.crop_padding=2", "data.flip=true"])
     assert prepare_data(config, torch.device("cpu")).augment == Augment(2, True)

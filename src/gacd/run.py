@@ -20,11 +20,11 @@ from gacd.config import (
     training_settings,
 )
 from gacd.data import (
-    DEFAULTS,
     Augment,
     DatasetDefaults,
     DeviceSplit,
     RawDataset,
+    dataset_info,
     read_dataset,
     resize_dataset,
     restrict_classes,
@@ -76,7 +76,7 @@ def prepare_data(config: RunConfig, device: torch.device) -> PreparedData:
         raw = restrict_classes(raw, data.classes)
     if data.resize is not None:
         raw = resize_dataset(raw, data.resize)
-    defaults = DEFAULTS[data.name]
+    defaults = dataset_info(data.name).defaults
     train, val = split_validation(raw.train, data.val_fraction)
     augment = Augment(
         crop_padding=defaults.augment.crop_padding
@@ -113,7 +113,7 @@ def eval_budget(config: RunConfig, defaults: DatasetDefaults) -> tuple[float, fl
 
 
 def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> ImageClassifier:
-    arch = config.model.arch or DEFAULTS[raw.name].arch
+    arch = config.model.arch or dataset_info(raw.name).defaults.arch
     c = raw.image_shape[0]
     if config.init is not None:
         model = load_model(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gacd.config import ConfigError, RunConfig, from_dict, to_dict, validate_method_section
+from gacd.errors import UnknownName
 from gacd.experiments.spec import SPECIAL_SWEEPS, ExperimentConfig, TeacherSpec
 
 NO_TEACHER = "no_teacher"  # directory of students trained without a teacher (PGD-AT...)
@@ -66,15 +67,6 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-METHOD_LABELS = {
-    "natural": "Natural",
-    "pgd_at": "PGD-AT",
-    "trades": "TRADES",
-    "kd": "KD",
-    "ard": "ARD",
-    "rslad": "RSLAD",
-    "iad": "IAD",
-}
 
 
 def recipe(name: str) -> Recipe:
@@ -85,9 +77,9 @@ def recipe(name: str) -> Recipe:
 
     known = [*RECIPES, *(m for m in method_names() if m not in ("gacd", "linear"))]
     if name in ("gacd", "linear") or name not in method_names():
-        raise ConfigError(f"students.methods: unknown method '{name}'; known: {', '.join(known)}")
+        raise UnknownName("method", name, known, key="students.methods")
     cls = method_class(name)
-    label = METHOD_LABELS.get(name, name)
+    label = cls.label or name
     template = StageTemplate(name, "student", {"name": name})
     return Recipe(name, label, (template,), needs_teacher=cls.needs_teacher)
 

@@ -17,44 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gacd.data import DATASETS
 from gacd.errors import RunDirectoryError
 from gacd.evaluation.report import markdown_table
 from gacd.experiments.paper import PAPER, PaperTable
+from gacd.methods import METHODS
+from gacd.models import MODELS
 
 REPORT = "report.md"
 PLOTS = "plots"
-# Sizes of the full datasets (train, test): anything else is called "files in X's format".
-FULL_SIZES = {
-    "cifar10": (50000, 10000),
-    "cifar100": (50000, 10000),
-    "stl10": (5000, 8000),
-    "mnist": (60000, 10000),
-    "fashion_mnist": (60000, 10000),
-    "digits": (1438, 359),
-}
-DATASET_NAMES = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "stl10": "STL-10",
-    "mnist": "MNIST",
-    "fashion_mnist": "Fashion-MNIST",
-    "digits": "scikit-learn digits",
-}
-ARCH_LABELS = {
-    "resnet18": "ResNet-18",
-    "resnet20": "ResNet-20",
-    "resnet32": "ResNet-32",
-    "resnet56": "ResNet-56",
-    "preact_resnet18": "PreActResNet-18",
-    "wrn_16_2": "WRN-16-2",
-    "wrn_34_2": "WRN-34-2",
-    "wrn_34_10": "WRN-34-10",
-    "wrn_40_2": "WRN-40-2",
-    "mobilenetv2": "MobileNetV2",
-    "digits_cnn": "digits CNN",
-    "digits_cnn_small": "small digits CNN",
-}
-TEACHER_METHODS = {"pgd_at": "PGD-AT", "trades": "TRADES", "natural": "natural training"}
 
 
 def attack_label(name: str) -> str:
@@ -70,7 +41,15 @@ def attack_label(name: str) -> str:
 
 
 def arch_label(name: str | None) -> str:
-    return ARCH_LABELS.get(name or "", name or "?")
+    return MODELS.get(name).label if name in MODELS else name or "?"
+
+
+def dataset_label(name: str) -> str:
+    return DATASETS.get(name).label if name in DATASETS else name
+
+
+def method_label(name: str) -> str:
+    return (METHODS.get(name).label or name) if name in METHODS else name
 
 
 def describe_data(info: dict[str, Any] | None) -> tuple[str, bool]:
@@ -78,9 +57,10 @@ def describe_data(info: dict[str, Any] | None) -> tuple[str, bool]:
     if not info:
         return "unknown data", False
     name = info.get("name", "?")
-    pretty = DATASET_NAMES.get(name, name)
+    record = DATASETS.get(name) if name in DATASETS else None
+    pretty = dataset_label(name)
     n_train, n_test = info.get("train_samples"), info.get("test_samples")
-    full = FULL_SIZES.get(name) == (n_train, n_test) and not info.get("classes")
+    full = record is not None and record.is_full(n_train, n_test) and not info.get("classes")
     counts = f"{n_train} train (incl. validation) / {n_test} test images"
     extra = ""
     if info.get("classes"):
@@ -89,7 +69,7 @@ def describe_data(info: dict[str, Any] | None) -> tuple[str, bool]:
         extra += f", resized to {info['resize']}x{info['resize']}"
     if full:
         return f"{pretty} ({counts}{extra})", True
-    if name in ("cifar10", "cifar100", "stl10", "mnist", "fashion_mnist"):
+    if record is not None and record.needs_root:  # read from files anyone could write
         return f"files in {pretty}'s format, NOT the {pretty} dataset ({counts}{extra})", False
     return f"{pretty} ({counts}{extra})", False
 
@@ -134,7 +114,7 @@ def _teacher_title(results: dict[str, Any], name: str | None) -> str:
     info = results["teachers"].get(name, {})
     if info.get("path"):
         return f"{info.get('label') or name} (exported: {info['path']})"
-    method = TEACHER_METHODS.get(info.get("method") or "", info.get("method"))
+    method = method_label(info.get("method") or "?")
     return f"{info.get('label') or arch_label(info.get('arch'))} ({method})"
 
 
@@ -184,8 +164,9 @@ def _header(results: dict[str, Any]) -> list[str]:
     ]
     if results.get("notes"):
         lines += ["", str(results["notes"]).strip()]
-    if not full and not results.get("smoke") and info.get("name") in ("cifar10", "cifar100"):
-        lines += ["", f"> **Note:** these are not {DATASET_NAMES[info['name']]} results."]
+    name = info.get("name")
+    if not full and not results.get("smoke") and name in DATASETS and DATASETS.get(name).needs_root:
+        lines += ["", f"> **Note:** these are not {dataset_label(name)} results."]
     return [*lines, ""]
 
 
@@ -233,7 +214,7 @@ def _teachers_section(results: dict[str, Any]) -> list[str]:
     paper = _paper(results)
     if paper is not None and paper.kind == "teachers" and lines:
         rows = [
-            [paper.printed.get(arch, arch), DATASET_NAMES.get(ds, ds), nat, adv]
+            [paper.printed.get(arch, arch), dataset_label(ds), nat, adv]
             for (ds, arch), (nat, adv) in paper.cells.items()
         ]
         lines += [
@@ -486,7 +467,7 @@ def _transfer_section(results: dict[str, Any]) -> list[str]:
     paper = _paper(results)
     if paper is not None and paper.kind == "transfer":
         p_headers = ["Method"] + [
-            f"{paper.printed.get(t, DATASET_NAMES.get(t, t))} {c}"
+            f"{paper.printed.get(t, dataset_label(t))} {c}"
             for t in ("stl10", "cifar100")
             for c in ("Nat.", "Adv.")
         ]

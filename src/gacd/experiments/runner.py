@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from gacd.config import RunConfig, to_dict, training_settings
-from gacd.data import DEFAULTS
+from gacd.data import dataset_info
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
@@ -251,7 +251,7 @@ class Runner:
         """Evaluate best and last models under every attack a stored evaluation lacks;
         returns the attacks that ran."""
         config = stage.config
-        eps, step = eval_budget(config, DEFAULTS[config.data.name])
+        eps, step = eval_budget(config, dataset_info(config.data.name).defaults)
         settings = _eval_settings(config, eps, step)
         folder = self.root / stage.key
         old = marker.get("evaluation") or {}

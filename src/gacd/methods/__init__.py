@@ -1,6 +1,19 @@
 """Training methods, one file each, registered by name."""
 
+# Importing each method module registers its class (see gacd.methods.base).
+from gacd.methods import (  # noqa: F401
+    ard,
+    gacd,
+    iad,
+    kd,
+    linear,
+    natural,
+    pgd_at,
+    rslad,
+    trades,
+)
 from gacd.methods.base import (
+    METHODS,
     Method,
     MethodContext,
     build_method,
@@ -11,6 +24,7 @@ from gacd.methods.base import (
 )
 
 __all__ = [
+    "METHODS",
     "Method",
     "MethodContext",
     "build_method",

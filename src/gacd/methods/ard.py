@@ -46,6 +46,7 @@ class ARDOptions:
 @register_method
 class ARD(Method):
     name = "ard"
+    label = "ARD"
     Options = ARDOptions
     needs_teacher = True
 

@@ -20,6 +20,7 @@ from gacd.attacks.pgd import Objective
 from gacd.config import ConfigError, from_dict
 from gacd.data import Batch
 from gacd.models import ImageClassifier
+from gacd.registry import Registry
 
 
 @dataclass
@@ -43,9 +44,11 @@ class NoOptions:
 
 
 class Method(nn.Module):
-    """Base class: subclasses set `name`, `Options` (a dataclass) and implement `loss`."""
+    """Base class: subclasses set `name`, `label`, `Options` (a dataclass) and implement
+    `step`."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # how reports print it: "PGD-AT", "ARD"
     Options: ClassVar[type] = NoOptions
     needs_teacher: ClassVar[bool] = False
     # Validation metric that picks the best epoch: "val_adv", "val_nat", or None to keep the
@@ -118,39 +121,20 @@ class Method(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-_METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", key="method.name")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"bad or duplicate method name {cls.name!r}")
-    _METHODS[cls.name] = cls
+    METHODS.register(cls.name, cls)
     return cls
 
 
-def _import_all() -> None:
-    import importlib
-    import pkgutil
-
-    import gacd.methods as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base",):
-            importlib.import_module(f"gacd.methods.{info.name}")
-
-
 def method_names() -> list[str]:
-    _import_all()
-    return sorted(_METHODS)
+    return sorted(METHODS.names())
 
 
 def method_class(name: str) -> type[Method]:
-    _import_all()
-    if name not in _METHODS:
-        raise ConfigError(
-            f"method.name: unknown method '{name}'; known: {', '.join(method_names())}"
-        )
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def method_options(section: dict[str, Any]) -> tuple[type[Method], Any]:

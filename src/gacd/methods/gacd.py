@@ -75,6 +75,7 @@ class GACDOptions:
 @register_method
 class GACD(Method):
     name = "gacd"
+    label = "GACD"
     Options = GACDOptions
     needs_teacher = True
     selection = None  # the classifier is trained afterwards (linear evaluation or AFT)

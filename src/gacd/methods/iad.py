@@ -69,6 +69,7 @@ class IADOptions:
 @register_method
 class IAD(Method):
     name = "iad"
+    label = "IAD"
     Options = IADOptions
     needs_teacher = True
 

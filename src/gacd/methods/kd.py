@@ -42,6 +42,7 @@ def check_alpha_temperature(method: str, alpha: float, temperature: float) -> No
 @register_method
 class KD(Method):
     name = "kd"
+    label = "KD"
     Options = KDOptions
     needs_teacher = True
     # KD is trained and meant to be used on clean inputs; its adversarial validation

@@ -26,6 +26,7 @@ class LinearOptions:
 @register_method
 class LinearProbe(Method):
     name = "linear"
+    label = "Linear probe"
     Options = LinearOptions
     # Linear evaluation picks its epoch by natural validation accuracy: by PGD accuracy a
     # near-constant early probe can win (it is "robust" by being uninformative).

@@ -13,6 +13,7 @@ from gacd.methods.losses import accuracy
 @register_method
 class Natural(Method):
     name = "natural"
+    label = "Natural training"
     selection = "val_nat"
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -14,6 +14,7 @@ from gacd.methods.losses import accuracy
 @register_method
 class PGDAT(Method):
     name = "pgd_at"
+    label = "PGD-AT"
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x_adv = self.adversary(

@@ -45,6 +45,7 @@ class RSLADOptions:
 @register_method
 class RSLAD(Method):
     name = "rslad"
+    label = "RSLAD"
     Options = RSLADOptions
     needs_teacher = True
 

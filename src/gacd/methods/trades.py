@@ -21,6 +21,7 @@ class TradesOptions:
 @register_method
 class Trades(Method):
     name = "trades"
+    label = "TRADES"
     Options = TradesOptions
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -16,8 +16,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gacd.models.archs import register_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import register_model
 from gacd.models.resnet import init_weights
 from gacd.models.wide_resnet import wrn_blocks_per_stage
 
@@ -180,14 +180,14 @@ class DMPreActResNet(_DMNet):
         self.depth = depth
 
 
-@register_model("dm_wrn")
+@register_model("dm_wrn", label="DeepMind WRN", channels=3, size=32)
 def dm_wrn(*, depth: int, width: int, **kw: Any) -> DMWideResNet:
     """DeepMind WideResNet, e.g. `build_model("dm_wrn", depth=28, width=10,
     activation="silu", ...)` (RobustBench's Wang2023Better_WRN-28-10)."""
     return DMWideResNet(depth=depth, width=width, **kw)
 
 
-@register_model("dm_preact_resnet")
+@register_model("dm_preact_resnet", label="DeepMind PreActResNet", channels=3, size=32)
 def dm_preact_resnet(**kw: Any) -> DMPreActResNet:
     """DeepMind pre-activation ResNet (depth 18 by default; ~11.2M parameters)."""
     return DMPreActResNet(**kw)

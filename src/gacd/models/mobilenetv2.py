@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gacd.models.archs import register_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import register_model
 from gacd.models.resnet import init_weights
 
 # (expansion t, output channels c, repeats n, first stride s) from the paper's Table 2, except
@@ -98,7 +98,7 @@ class MobileNetV2(ImageClassifier):
         return self.body(x)
 
 
-@register_model("mobilenetv2")
+@register_model("mobilenetv2", label="MobileNetV2", channels=3, size=32)
 def mobilenetv2(**kw: Any) -> MobileNetV2:
     """MobileNetV2 for 32x32 inputs; pass `width_mult` to scale the channels (~2.2M at 1.0)."""
     return MobileNetV2(**kw)

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gacd.models.archs import register_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import register_model
 from gacd.models.resnet import init_weights
 
 SHORTCUT_INPUTS = ("preact", "raw")
@@ -107,7 +107,7 @@ class PreActResNet(ImageClassifier):
         return self.head(self.stages(self.stem(x)))
 
 
-@register_model("preact_resnet18")
+@register_model("preact_resnet18", label="PreActResNet-18", channels=3, size=32)
 def preact_resnet18(**kw: Any) -> PreActResNet:
     """Pre-activation ResNet-18: [2, 2, 2, 2] blocks, widths 64-512; ~11.17M parameters.
     Pass `shortcut_input="raw", final_bn=False` for the other common variant (see

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from gacd.models.archs import register_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import register_model
 
 
 def init_weights(model: nn.Module) -> None:
@@ -103,7 +103,7 @@ class ResNet(ImageClassifier):
         return self.pool(self.stages(self.stem(x)))
 
 
-@register_model("resnet18")
+@register_model("resnet18", label="ResNet-18", channels=3, size=32)
 def resnet18(**kw: Any) -> ResNet:
     """CIFAR ResNet-18: [2, 2, 2, 2] blocks, widths 64-512; ~11.17M parameters at 10 classes."""
     return ResNet(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), **kw)
@@ -115,19 +115,19 @@ def _cifar_resnet(depth: int, **kw: Any) -> ResNet:
     return ResNet(widths=(16, 32, 64), blocks=(n, n, n), **kw)
 
 
-@register_model("resnet20")
+@register_model("resnet20", label="ResNet-20", channels=3, size=32)
 def resnet20(**kw: Any) -> ResNet:
     """~0.27M parameters."""
     return _cifar_resnet(20, **kw)
 
 
-@register_model("resnet32")
+@register_model("resnet32", label="ResNet-32", channels=3, size=32)
 def resnet32(**kw: Any) -> ResNet:
     """~0.47M parameters."""
     return _cifar_resnet(32, **kw)
 
 
-@register_model("resnet56")
+@register_model("resnet56", label="ResNet-56", channels=3, size=32)
 def resnet56(**kw: Any) -> ResNet:
     """~0.86M parameters."""
     return _cifar_resnet(56, **kw)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from gacd.models.archs import register_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import register_model
 
 
 def _conv_block(c_in: int, c_out: int, batch_norm: bool = True) -> list[nn.Module]:
@@ -57,25 +57,39 @@ class SmallCNN(ImageClassifier):
         return self.body(x)
 
 
-@register_model("digits_cnn")
-def digits_cnn(**kw) -> SmallCNN:
-    """~230k parameters, for 8x8 digits: 8 -> 4 -> 2, the 2x2 map flattened into a hidden
-    layer (a global average here lost ~20 points of PGD accuracy for PGD-AT teachers)."""
-    return SmallCNN(**{"widths": (32, 64, 128), "spatial": 2, "hidden": 256, **kw})
-
-
-@register_model("digits_cnn_small")
-def digits_cnn_small(**kw) -> SmallCNN:
-    """~57k parameters: a smaller student for digits."""
-    return SmallCNN(**{"widths": (16, 32, 64), "spatial": 2, "hidden": 128, **kw})
-
-
-@register_model("mnist_cnn")
-def mnist_cnn(**kw) -> SmallCNN:
-    """For 28x28 MNIST-format images: 28 -> 14 -> 7."""
-    return SmallCNN(widths=(32, 64, 128), convs_per_stage=2, **kw)
-
-
-@register_model("mnist_cnn_small")
-def mnist_cnn_small(**kw) -> SmallCNN:
-    return SmallCNN(widths=(16, 32, 64), **kw)
+# digits_cnn: ~230k parameters, 8 -> 4 -> 2, the 2x2 map flattened into a hidden layer (a
+# global average here lost ~20 points of PGD accuracy for PGD-AT teachers).
+register_model(
+    "digits_cnn",
+    SmallCNN,
+    label="digits CNN",
+    channels=1,
+    size=8,
+    defaults={"widths": (32, 64, 128), "spatial": 2, "hidden": 256},
+)
+# ~57k parameters: a smaller student for digits.
+register_model(
+    "digits_cnn_small",
+    SmallCNN,
+    label="small digits CNN",
+    channels=1,
+    size=8,
+    defaults={"widths": (16, 32, 64), "spatial": 2, "hidden": 128},
+)
+# 28 -> 14 -> 7, two convs per stage.
+register_model(
+    "mnist_cnn",
+    SmallCNN,
+    label="MNIST CNN",
+    channels=1,
+    size=28,
+    defaults={"widths": (32, 64, 128), "convs_per_stage": 2},
+)
+register_model(
+    "mnist_cnn_small",
+    SmallCNN,
+    label="small MNIST CNN",
+    channels=1,
+    size=28,
+    defaults={"widths": (16, 32, 64)},
+)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gacd.models.archs import register_model
 from gacd.models.preact_resnet import PreActResNet
-from gacd.models.registry import register_model
 
 
 def wrn_blocks_per_stage(depth: int) -> int:
@@ -54,31 +54,31 @@ class WideResNet(PreActResNet):
         self.widen_factor = widen_factor
 
 
-@register_model("wrn")
+@register_model("wrn", label="WRN", channels=3, size=32)
 def wrn(*, depth: int, widen_factor: int, **kw: Any) -> WideResNet:
     """Any WRN-depth-k, e.g. `build_model("wrn", depth=28, widen_factor=10, ...)`."""
     return WideResNet(depth=depth, widen_factor=widen_factor, **kw)
 
 
-@register_model("wrn_16_2")
+@register_model("wrn_16_2", label="WRN-16-2", channels=3, size=32)
 def wrn_16_2(**kw: Any) -> WideResNet:
     """~0.69M parameters."""
     return WideResNet(depth=16, widen_factor=2, **kw)
 
 
-@register_model("wrn_34_2")
+@register_model("wrn_34_2", label="WRN-34-2", channels=3, size=32)
 def wrn_34_2(**kw: Any) -> WideResNet:
     """~1.86M parameters."""
     return WideResNet(depth=34, widen_factor=2, **kw)
 
 
-@register_model("wrn_34_10")
+@register_model("wrn_34_10", label="WRN-34-10", channels=3, size=32)
 def wrn_34_10(**kw: Any) -> WideResNet:
     """~46.2M parameters: the usual adversarial-training teacher."""
     return WideResNet(depth=34, widen_factor=10, **kw)
 
 
-@register_model("wrn_40_2")
+@register_model("wrn_40_2", label="WRN-40-2", channels=3, size=32)
 def wrn_40_2(**kw: Any) -> WideResNet:
     """~2.2M parameters."""
     return WideResNet(depth=40, widen_factor=2, **kw)

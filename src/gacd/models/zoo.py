@@ -23,18 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gacd.errors import CheckpointError
+from gacd.errors import ZooError
+from gacd.models.archs import build_model
 from gacd.models.base import ImageClassifier
-from gacd.models.registry import build_model
+from gacd.models.zoo_download import download_checkpoint, gdrive_url
 from gacd.models.zoo_table import ENTRIES, ZooEntry
 
 PREFIX = "robustbench:"
 ENV_ROOT = "GACD_ZOO"
 EXAMPLE = "robustbench:cifar10/Linf/Wang2023Better_WRN-28-10"
-
-
-class ZooError(CheckpointError):
-    """A RobustBench id, zoo root or checkpoint that cannot be used; the message says why."""
 
 
 def is_zoo_id(value: Any) -> bool:
@@ -112,10 +109,6 @@ def checkpoint_path(entry: ZooEntry, root: str | Path) -> Path:
     return Path(root) / entry.dataset / entry.threat / f"{entry.name}.pt"
 
 
-def gdrive_url(entry: ZooEntry) -> str:
-    return f"https://drive.google.com/uc?id={entry.gdrive_id}"
-
-
 def fetch_hint(entry: ZooEntry, root: Path) -> str:
     path = checkpoint_path(entry, root)
     return (
@@ -139,8 +132,6 @@ def locate_checkpoint(
     if path.is_file():
         return path
     if download:
-        from gacd.models.zoo_download import download_checkpoint
-
         return download_checkpoint(entry, path, log=log)
     raise ZooError(
         f"RobustBench checkpoint of {entry.id} not found: expected {path}; "

@@ -21,7 +21,7 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from gacd.models.zoo import ZooError, gdrive_url
+from gacd.errors import ZooError
 from gacd.models.zoo_table import ZooEntry
 
 # The direct-download endpoint gdown uses; confirm=t skips the warning page when it can.
@@ -61,6 +61,10 @@ class _FormParser(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data
+
+
+def gdrive_url(entry: ZooEntry) -> str:
+    return f"https://drive.google.com/uc?id={entry.gdrive_id}"
 
 
 def download_checkpoint(
