@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -305,3 +306,65 @@ def test_ddp_wraps_the_modules_a_method_trains_and_runs_its_step() -> None:
     toy.scale = nn.Parameter(torch.ones(()))  # trainable, but in no child module
     with pytest.raises(ValueError, match=r"\['scale'\] are not inside a child module"):
         distributed.TrainedModules(toy)
+
+
+# `gacd run` of a small experiment: a teacher, KD, and GACD with its linear stage.
+RUN_EXPERIMENT = {
+    "name": "ranks",
+    "smoke": True,
+    "threads": 1,
+    "seeds": [0],
+    "attacks": ["natural", "pgd2"],
+    "base": {
+        "device": "cpu",
+        "progress": False,
+        "data": {"name": "digits", "batch_size": 128},
+        "attack": {"steps": 1, "step_size": 0.2},
+        "eval": {"val_attack_steps": 1, "max_samples": 64},
+        "optim": {"epochs": 1, "lr": 0.05},
+    },
+    "stages": {"distill": {"method": {"ot_iterations": 5, "negatives": 64}}},
+    "teachers": {"cnn": {"arch": "digits_cnn_small", "label": "small CNN"}},
+    "students": {"archs": ["digits_cnn_small"], "methods": ["kd", "gacd"]},
+}
+
+
+def _gacd_run(config: Path, ranks: int) -> str:
+    launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), "-m"]
+    cmd = [sys.executable, "-m", *(launcher if ranks > 1 else []), "gacd.cli", "run", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def test_gacd_run_under_torchrun_writes_what_one_process_writes(tmp_path: Path) -> None:
+    import yaml
+
+    outputs = {}
+    for ranks in (1, 2):
+        run = tmp_path / f"ranks{ranks}"
+        config = tmp_path / f"ranks{ranks}.yaml"
+        config.write_text(yaml.safe_dump({**RUN_EXPERIMENT, "out": str(run)}))
+        stdout = _gacd_run(config, ranks)
+        results = json.loads((run / "results.json").read_text())
+        assert results["finished"]
+        outputs[ranks] = (run, stdout, results)
+    (one, _, one_res), (two, two_out, two_res) = outputs[1], outputs[2]
+    # The same stages, trained and evaluated under the same attacks, recorded once.
+    key = [(r["stage"], r["selection"], sorted(r["accuracy"])) for r in one_res["records"]]
+    assert [(r["stage"], r["selection"], sorted(r["accuracy"])) for r in two_res["records"]] == key
+    assert [s["stage"] for s in two_res["stages"]] == [s["stage"] for s in one_res["stages"]]
+    assert all(s["status"] == "trained" for s in two_res["stages"])
+    markers = sorted(p.relative_to(two) for p in two.rglob("stage.json"))
+    assert markers == sorted(p.relative_to(one) for p in one.rglob("stage.json"))
+    assert (two / "report.md").is_file()
+    for run, ranks in ((one, 1), (two, 2)):  # the stages really trained data-parallel
+        for checkpoint in run.rglob("checkpoint.pt"):
+            assert load_checkpoint(checkpoint)["rng"]["world_size"] == ranks
+    # One writer, one voice: each stage's progress line is printed once, not once per rank.
+    for stage in (s["stage"] for s in two_res["stages"]):
+        assert len(re.findall(rf"\] {re.escape(stage)}: trained", two_out)) == 1
+    # A rerun under torchrun skips every stage on every rank (same decisions everywhere).
+    again = _gacd_run(tmp_path / "ranks2.yaml", 2)
+    assert re.findall(r"\] \S+: (\w+)", again) == ["skipped"] * len(two_res["stages"])

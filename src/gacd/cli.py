@@ -201,6 +201,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from gacd.engine.distributed import is_main
     from gacd.experiments import load_experiment, plan_experiment, run_experiment
 
     experiment = load_experiment(args.config, list(args.overrides))
@@ -211,7 +212,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     results = run_experiment(experiment, report=not args.no_report)
-    print(f"{len(results['records'])} evaluations -> {Path(experiment.out) / 'results.json'}")
+    if is_main():  # under torchrun, rank 0 speaks for all
+        print(f"{len(results['records'])} evaluations -> {Path(experiment.out) / 'results.json'}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gacd.config import ConfigError, RunConfig, from_dict, validate_method_section
+from gacd.engine.distributed import is_distributed
 from gacd.engine.export import load_model, load_model_meta
 from gacd.errors import CheckpointError
 from gacd.evaluation.report import evaluate_model, markdown_table, write_results
@@ -147,6 +148,7 @@ def run_transfer(
         seed=seed,
         max_samples=max_samples,
         progress=progress,
+        across_ranks=is_distributed(),
     )
     source = load_model_meta(student_path)
     payload: dict[str, Any] = {

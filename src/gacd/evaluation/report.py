@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gacd.data import DeviceSplit
+from gacd.engine.distributed import is_main
 from gacd.evaluation.robust import parse_attack, robust_accuracy
 from gacd.progress import duration, interactive, say
 
@@ -79,6 +80,9 @@ def evaluation_markdown(title: str, result: dict[str, Any]) -> str:
 
 
 def write_results(out_dir: str | Path, stem: str, payload: dict[str, Any], markdown: str) -> None:
+    """`stem`.json and `stem`.md in `out_dir`; under torchrun only rank 0 writes."""
+    if not is_main():
+        return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")

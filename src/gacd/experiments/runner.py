@@ -7,6 +7,11 @@ its status and its evaluations, so that a re-run
 - skips a finished stage whose settings are unchanged (evaluating only attacks it lacks),
 - resumes an interrupted stage, or one whose epoch count was raised, from checkpoint.pt,
 - retrains from scratch a stage whose settings (or an upstream stage) changed otherwise.
+
+Under torchrun every rank runs the same plan: all ranks train each stage together (data
+parallel) and split its evaluation; rank 0 alone writes markers, results and the report,
+and the ranks meet at a barrier after each stage, so all of them read the same markers and
+take the same decisions.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import yaml
 from gacd.config import RunConfig, to_dict, training_settings
 from gacd.data import dataset_info
 from gacd.engine.checkpoint import load_checkpoint
+from gacd.engine.distributed import barrier, init_from_env, is_distributed, is_main
 from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
 from gacd.evaluation.report import evaluate_model
@@ -97,6 +103,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` atomically; under torchrun only rank 0 writes (one writer)."""
+    if not is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -164,6 +173,7 @@ class Runner:
         marker["status"] = "finished"
         marker["last_status"] = status
         write_json(folder / MARKER, marker)
+        barrier()  # every rank reads this marker before the next decision
         return StageOutcome(status, time.perf_counter() - started, note)
 
     def _fresh_marker(
@@ -294,6 +304,7 @@ class Runner:
                     batch_size=config.data.eval_batch_size,
                     seed=config.seed,
                     max_samples=config.eval.max_samples,
+                    across_ranks=is_distributed(),
                 )
                 acc.update(result["accuracy"])
                 described.update(result["attacks"])
@@ -377,10 +388,11 @@ class Runner:
         started = time.perf_counter()
         stages = list(self.plan.stages.values())
         out = Path(self.exp.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "experiment.yaml").write_text(
-            yaml.safe_dump(experiment_dict(self.exp), sort_keys=False)
-        )
+        if is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "experiment.yaml").write_text(
+                yaml.safe_dump(experiment_dict(self.exp), sort_keys=False)
+            )
         notice = smoke_notice(self.exp, self.plan)
         if notice:
             self.log(f"[{self.exp.name}] {notice}")
@@ -600,13 +612,21 @@ def run_experiment(
     _require_attacks(exp)
     if exp.threads is not None:
         torch.set_num_threads(exp.threads)
+    first = next(iter(plan.stages.values()), None)
+    init_from_env(first.config.device if first else "auto")  # joins torchrun's group, if any
+    if not is_main():
+        log = _silent
     results = Runner(exp, stage_root(exp), plan, log=log).run()
-    if report:
+    if report and is_main():
         from gacd.experiments.report import write_report
 
         path = write_report(exp.out)
         log(f"report: {path}")
     return results
+
+
+def _silent(*_: Any, **__: Any) -> None:
+    """The log of ranks other than 0 (rank 0 speaks for all)."""
 
 
 def _require_attacks(exp: ExperimentConfig) -> None:
