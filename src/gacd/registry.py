@@ -37,6 +37,12 @@ class Registry(Generic[T]):
         self._records[name] = record
         return record
 
+    def unregister(self, name: str) -> T:
+        """Remove `name` (a plug-in or a test that registered it for a while)."""
+        record = self.get(name)
+        del self._records[name]
+        return record
+
     def get(self, name: str) -> T:
         """The record of `name`; `UnknownName` if there is none."""
         if isinstance(name, str) and name in self._records:

@@ -4,13 +4,18 @@
 report (`write_report`).
 """
 
-from gacd.experiments.plan import RECIPES, Plan, Stage, plan_experiment
+from gacd.experiments.plan import (
+    Plan,
+    Stage,
+    experiment_from_dict,
+    load_experiment,
+    plan_experiment,
+)
 from gacd.experiments.report import render_report, write_report
 from gacd.experiments.runner import collect_results, run_experiment
-from gacd.experiments.spec import ExperimentConfig, experiment_from_dict, load_experiment
+from gacd.experiments.spec import ExperimentConfig
 
 __all__ = [
-    "RECIPES",
     "ExperimentConfig",
     "Plan",
     "Stage",

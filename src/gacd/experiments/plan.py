@@ -1,4 +1,4 @@
-"""From an experiment to its stages: method recipes, directories, and each stage's RunConfig.
+"""From an experiment to its stages: directories, wiring, and each stage's RunConfig.
 
 Pure planning, no training: `plan_experiment` is also how an experiment is validated.
 Stage directories (relative to the experiment's out):
@@ -15,73 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gacd.config import ConfigError, RunConfig, from_dict, to_dict, validate_method_section
-from gacd.errors import UnknownName
-from gacd.experiments.spec import SPECIAL_SWEEPS, ExperimentConfig, TeacherSpec
+from gacd.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+    validate_method_section,
+)
+from gacd.experiments.spec import SPECIAL_SWEEPS, ExperimentConfig, TeacherSpec, parse_experiment
+from gacd.methods import method_class, recipe
 
 NO_TEACHER = "no_teacher"  # directory of students trained without a teacher (PGD-AT...)
 TEACHER_FILE = "model_best.pt"  # teachers: best on validation (adversarial accuracy)
 DISTILLED_FILE = "model_last.pt"  # distilled features: no classifier to select an epoch by
-
-
-@dataclass(frozen=True)
-class StageTemplate:
-    name: str  # directory name
-    kind: str  # teacher | student | distill | linear | aft
-    method: dict[str, Any]  # the recipe's fixed method settings
-    evaluated: bool = True
-    from_previous: bool = False  # initialised from the previous stage's model (init=...)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    label: str
-    stages: tuple[StageTemplate, ...]  # the first is the main training stage
-    needs_teacher: bool = True
-
-
-def _gacd(name: str, label: str, then: str, reweight: bool = True) -> Recipe:
-    prefix = "gacd" if reweight else "gacd_no_reweight"
-    method = {"name": "gacd"} if reweight else {"name": "gacd", "reweight": False}
-    distill = StageTemplate(f"{prefix}_distill", "distill", method, evaluated=False)
-    if then == "linear":
-        final = StageTemplate(f"{prefix}_linear", "linear", {"name": "linear"}, from_previous=True)
-    else:
-        final = StageTemplate(name, "aft", {"name": "pgd_at"}, from_previous=True)
-    return Recipe(name, label, (distill, final))
-
-
-# Multi-stage recipes and ablations; any registered method name is a one-stage recipe too.
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        _gacd("gacd", "GACD", "linear"),
-        _gacd("gacd_aft", "GACD+AFT", "aft"),
-        _gacd("gacd_no_reweight", "GACD w/o weights", "linear", reweight=False),
-        _gacd("gacd_aft_no_reweight", "GACD+AFT w/o weights", "aft", reweight=False),
-        Recipe(
-            "ard_reweighted",
-            "ARD w/ weights",
-            (StageTemplate("ard_reweighted", "student", {"name": "ard", "reweight": True}),),
-        ),
-    )
-}
-
-
-def recipe(name: str) -> Recipe:
-    """The recipe for a students.methods entry: a multi-stage recipe or a plain method."""
-    if name in RECIPES:
-        return RECIPES[name]
-    from gacd.methods import method_class, method_names
-
-    known = [*RECIPES, *(m for m in method_names() if m not in ("gacd", "linear"))]
-    if name in ("gacd", "linear") or name not in method_names():
-        raise UnknownName("method", name, known, key="students.methods")
-    cls = method_class(name)
-    label = cls.label or name
-    template = StageTemplate(name, "student", {"name": name})
-    return Recipe(name, label, (template,), needs_teacher=cls.needs_teacher)
 
 
 @dataclass
@@ -157,8 +105,6 @@ def _value_dir(param: str, value: Any) -> str:
 
 
 def _method_accepts(method: dict[str, Any], option: str) -> bool:
-    from gacd.methods import method_class
-
     cls = method_class(method["name"])
     return option in getattr(cls.Options, "__dataclass_fields__", {})
 
@@ -185,7 +131,7 @@ class _Planner:
         arch: str | None = None,
     ) -> tuple[RunConfig, bool]:
         exp = self.exp
-        data = deep_merge(exp.base, getattr(exp.stages, kind))
+        data = deep_merge(exp.base, exp.stages.get(kind, {}))
         if arch is not None:
             data = deep_merge(data, exp.arch_overrides.get(arch, {}))
         data = deep_merge(data, fixed)
@@ -460,3 +406,25 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
         )
     planner.transfer()
     return Plan(planner.stages)
+
+
+def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and check an ExperimentConfig: keys, types, and every stage's RunConfig (by
+    planning it)."""
+    exp = parse_experiment(data)
+    plan_experiment(exp)
+    return exp
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML, apply dotted overrides (e.g. base.optim.epochs=1), check it."""
+    written = load_yaml(path)
+    exp = experiment_from_dict(apply_overrides(written, overrides or []))
+    try:  # overrides may be what makes the file valid: then there is nothing to compare
+        as_written = experiment_from_dict(written) if overrides else exp
+    except ConfigError:
+        return exp
+    exp.file_epochs = {
+        key: stage.config.optim.epochs for key, stage in plan_experiment(as_written).stages.items()
+    }
+    return exp

@@ -33,8 +33,9 @@ from gacd.engine.distributed import barrier, init_from_env, is_distributed, is_m
 from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
 from gacd.evaluation.report import evaluate_model
-from gacd.experiments.plan import Plan, Stage, plan_experiment, recipe, stage_root
+from gacd.experiments.plan import Plan, Stage, plan_experiment, stage_root
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
+from gacd.methods import recipe
 from gacd.models.zoo import is_zoo_id
 from gacd.progress import remaining
 from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train

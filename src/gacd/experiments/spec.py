@@ -11,11 +11,14 @@ is loaded, so a typo fails before anything trains.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from gacd.config import ConfigError, apply_overrides, from_dict, load_yaml
+from gacd.config import ConfigError, from_dict
+from gacd.evaluation.robust import parse_attack
+from gacd.experiments.paper import PAPER
+from gacd.methods import stage_kinds
 
 
 @dataclass
@@ -37,17 +40,6 @@ class StudentsSpec:
     # Method recipes (gacd, gacd_aft, ...) or any registered training method; as a list of
     # names, or a mapping name -> RunConfig overrides of that method's main training stage.
     methods: Any = field(default_factory=list)
-
-
-@dataclass
-class StageDefaults:
-    """RunConfig overrides per stage kind, on top of `base`."""
-
-    teacher: dict[str, Any] = field(default_factory=dict)
-    student: dict[str, Any] = field(default_factory=dict)  # single-stage students (kd, ard...)
-    distill: dict[str, Any] = field(default_factory=dict)  # GACD feature distillation
-    linear: dict[str, Any] = field(default_factory=dict)  # linear evaluation after GACD
-    aft: dict[str, Any] = field(default_factory=dict)  # adversarial fine-tuning after GACD
 
 
 @dataclass
@@ -112,7 +104,9 @@ class ExperimentConfig:
     attacks: list[str] = field(default_factory=lambda: ["natural", "pgd20"])
     attacks_last: list[str] | None = None  # for last-epoch models (default: attacks)
     base: dict[str, Any] = field(default_factory=dict)  # RunConfig mapping for every stage
-    stages: StageDefaults = field(default_factory=StageDefaults)
+    # RunConfig overrides per stage kind, on top of `base`: teacher, student (one-stage
+    # students), and the kinds of multi-stage recipes (GACD's distill, linear, aft).
+    stages: dict[str, Any] = field(default_factory=dict)
     force: dict[str, Any] = field(default_factory=dict)  # applied last (quick checks)
     teachers: dict[str, Any] = field(default_factory=dict)  # name -> TeacherSpec mapping
     students: StudentsSpec | None = None
@@ -139,8 +133,9 @@ _DERIVED = (
 SPECIAL_SWEEPS = ("method", "arch", "seed")
 
 
-def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Build and check an ExperimentConfig (keys, types, and every stage's RunConfig)."""
+def parse_experiment(data: dict[str, Any]) -> ExperimentConfig:
+    """Build an ExperimentConfig and check its own keys and values; the stages' RunConfigs
+    are checked by planning it (`gacd.experiments.plan.experiment_from_dict`)."""
     bad = [k for k in _DERIVED if k in data]
     if bad:
         raise ConfigError(f"unknown key '{bad[0]}'")
@@ -173,11 +168,14 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
             exp.transfer_targets[name] = from_dict(
                 TransferTarget, value or {}, prefix=f"transfer.targets.{name}."
             )
-    if exp.paper is not None:
-        from gacd.experiments.paper import PAPER
-
-        if exp.paper not in PAPER:
-            raise ConfigError(f"paper: unknown key '{exp.paper}'; known: {', '.join(PAPER)}")
+    kinds = stage_kinds()
+    for kind, overrides in exp.stages.items():
+        if kind not in kinds:
+            raise ConfigError(f"stages: unknown stage kind '{kind}'; allowed: {', '.join(kinds)}")
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"stages.{kind}: expected RunConfig overrides (a mapping)")
+    if exp.paper is not None and exp.paper not in PAPER:
+        raise ConfigError(f"paper: unknown key '{exp.paper}'; known: {', '.join(PAPER)}")
     _check_attacks("attacks", exp.attacks)
     if exp.attacks_last is not None:
         _check_attacks("attacks_last", exp.attacks_last)
@@ -186,15 +184,10 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     _check_sweep(exp)
     if not exp.teacher_specs and exp.students is None:
         raise ConfigError("an experiment needs teachers, students, or both")
-    from gacd.experiments.plan import plan_experiment  # builds and validates every stage
-
-    plan_experiment(exp)
     return exp
 
 
 def _check_attacks(key: str, attacks: list[str]) -> None:
-    from gacd.evaluation.robust import parse_attack
-
     if not attacks:
         raise ConfigError(f"{key}: give at least one attack (e.g. natural, pgd20)")
     for name in attacks:
@@ -241,7 +234,7 @@ def _check_sweep(exp: ExperimentConfig) -> None:
         raise ConfigError("sweep.values: give at least one value")
     if len({repr(v) for v in sweep.values}) != len(sweep.values):
         raise ConfigError(f"sweep.values: a value is listed twice in {sweep.values}")
-    kinds = [f.name for f in StageDefaults.__dataclass_fields__.values()]
+    kinds = stage_kinds()
     for kind in sweep.stages or []:
         if kind not in kinds:
             raise ConfigError(f"sweep.stages: unknown stage kind '{kind}'; allowed: {kinds}")
@@ -271,26 +264,8 @@ def _check_sweep(exp: ExperimentConfig) -> None:
         raise ConfigError(f"sweep.param: '{sweep.param}' is set by the pipeline itself")
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML, apply dotted overrides (e.g. base.optim.epochs=1), check it."""
-    from gacd.experiments.plan import plan_experiment
-
-    written = load_yaml(path)
-    exp = experiment_from_dict(apply_overrides(written, overrides or []))
-    try:  # overrides may be what makes the file valid: then there is nothing to compare
-        as_written = experiment_from_dict(written) if overrides else exp
-    except ConfigError:
-        return exp
-    exp.file_epochs = {
-        key: stage.config.optim.epochs for key, stage in plan_experiment(as_written).stages.items()
-    }
-    return exp
-
-
 def experiment_dict(exp: ExperimentConfig) -> dict[str, Any]:
     """The experiment as a plain mapping (what the user wrote, after overrides)."""
-    import dataclasses
-
     data = dataclasses.asdict(exp)
     for key in _DERIVED:
         data.pop(key)

@@ -16,20 +16,29 @@ from gacd.methods.base import (
     METHODS,
     Method,
     MethodContext,
+    all_recipes,
     build_method,
     method_class,
     method_names,
     method_options,
+    recipe,
     register_method,
+    stage_kinds,
 )
+from gacd.methods.recipes import Recipe, StageTemplate
 
 __all__ = [
     "METHODS",
     "Method",
     "MethodContext",
+    "Recipe",
+    "StageTemplate",
+    "all_recipes",
     "build_method",
     "method_class",
     "method_names",
     "method_options",
+    "recipe",
     "register_method",
+    "stage_kinds",
 ]

@@ -31,6 +31,7 @@ from gacd.data import Batch
 from gacd.methods.base import Method, register_method
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
+from gacd.methods.recipes import Recipe, single_stage
 
 
 @dataclass
@@ -49,6 +50,12 @@ class ARD(Method):
     label = "ARD"
     Options = ARDOptions
     needs_teacher = True
+
+    @classmethod
+    def recipes(cls) -> tuple[Recipe, ...]:
+        # The ablation "ARD with GACD's sample weights" as a recipe of its own.
+        weighted = single_stage(cls.name, "ARD w/ weights", True, "ard_reweighted", reweight=True)
+        return (*super().recipes(), weighted)
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         opts: ARDOptions = self.options

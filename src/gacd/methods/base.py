@@ -19,6 +19,8 @@ from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import Objective
 from gacd.config import ConfigError, from_dict
 from gacd.data import Batch
+from gacd.errors import UnknownName
+from gacd.methods.recipes import STUDENT_KIND, TEACHER_KIND, Recipe, single_stage
 from gacd.models import ImageClassifier
 from gacd.registry import Registry
 
@@ -120,6 +122,14 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    @classmethod
+    def recipes(cls) -> tuple[Recipe, ...]:
+        """What `students.methods` may name to train with this method (see
+        `gacd.methods.recipes`): by default one stage of it, under its own name. A method
+        with follow-up stages (GACD) or named variants (ARD with weights) returns more; one
+        that is only ever a follow-up stage returns none."""
+        return (single_stage(cls.name, cls.label or cls.name, cls.needs_teacher),)
+
 
 METHODS: Registry[type[Method]] = Registry("method", key="method.name")
 
@@ -135,6 +145,33 @@ def method_names() -> list[str]:
 
 def method_class(name: str) -> type[Method]:
     return METHODS.get(name)
+
+
+def all_recipes() -> dict[str, Recipe]:
+    """Every registered method's recipes, by name."""
+    out: dict[str, Recipe] = {}
+    for method_name in method_names():
+        for rec in METHODS.get(method_name).recipes():
+            if rec.name in out:
+                raise ConfigError(f"two methods declare the recipe '{rec.name}'")
+            out[rec.name] = rec
+    return out
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe a `students.methods` entry names."""
+    recipes = all_recipes()
+    if name not in recipes:
+        raise UnknownName("method", name, sorted(recipes), key="students.methods")
+    return recipes[name]
+
+
+def stage_kinds() -> list[str]:
+    """Every stage kind an experiment's `stages` section may configure."""
+    kinds = [TEACHER_KIND, STUDENT_KIND]
+    for rec in all_recipes().values():
+        kinds += [t.kind for t in rec.stages if t.kind not in kinds]
+    return kinds
 
 
 def method_options(section: dict[str, Any]) -> tuple[type[Method], Any]:

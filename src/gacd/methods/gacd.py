@@ -30,6 +30,7 @@ from gacd.data import Batch
 from gacd.engine.distributed import all_gather_cat, is_distributed
 from gacd.methods.base import Method, MethodContext, register_method
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
+from gacd.methods.recipes import Recipe, StageTemplate
 
 
 @dataclass
@@ -72,12 +73,36 @@ class GACDOptions:
             check_range(f"method.{key}", getattr(self, key), ok, f"allowed: {allowed}")
 
 
+def _recipe(name: str, label: str, then: str, reweight: bool = True) -> Recipe:
+    """Feature distillation, then a linear probe ("GACD") or adversarial fine-tuning of the
+    whole student ("GACD+AFT"); recipes sharing a distillation share its stage."""
+    prefix = "gacd" if reweight else "gacd_no_reweight"
+    method = {"name": "gacd"} if reweight else {"name": "gacd", "reweight": False}
+    distill = StageTemplate(f"{prefix}_distill", "distill", method, evaluated=False)
+    if then == "linear":
+        final = StageTemplate(f"{prefix}_linear", "linear", {"name": "linear"}, from_previous=True)
+    else:
+        final = StageTemplate(name, "aft", {"name": "pgd_at"}, from_previous=True)
+    return Recipe(name, label, (distill, final))
+
+
 @register_method
 class GACD(Method):
     name = "gacd"
     label = "GACD"
     Options = GACDOptions
     needs_teacher = True
+
+    @classmethod
+    def recipes(cls) -> tuple[Recipe, ...]:
+        # GACD's features are not a classifier: every recipe ends in a classification stage.
+        return (
+            _recipe("gacd", "GACD", "linear"),
+            _recipe("gacd_aft", "GACD+AFT", "aft"),
+            _recipe("gacd_no_reweight", "GACD w/o weights", "linear", reweight=False),
+            _recipe("gacd_aft_no_reweight", "GACD+AFT w/o weights", "aft", reweight=False),
+        )
+
     selection = None  # the classifier is trained afterwards (linear evaluation or AFT)
 
     def __init__(self, ctx: MethodContext, options: GACDOptions) -> None:

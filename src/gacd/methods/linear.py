@@ -13,6 +13,7 @@ from gacd.attacks import cross_entropy
 from gacd.data import Batch
 from gacd.methods.base import Method, MethodContext, register_method
 from gacd.methods.losses import accuracy
+from gacd.methods.recipes import Recipe
 
 
 @dataclass
@@ -31,6 +32,10 @@ class LinearProbe(Method):
     # Linear evaluation picks its epoch by natural validation accuracy: by PGD accuracy a
     # near-constant early probe can win (it is "robust" by being uninformative).
     selection = "val_nat"
+
+    @classmethod
+    def recipes(cls) -> tuple[Recipe, ...]:
+        return ()  # a follow-up stage of other recipes (GACD's), never a student on its own
 
     def __init__(self, ctx: MethodContext, options: LinearOptions) -> None:
         super().__init__(ctx, options)
