@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py                     # one H100/H200: a few minutes, < 8
     python benchmarks/gpu_check.py --tiny --device cpu # tiny sizes on the CPU (the test suite)
 
-Everything runs through `gacd.run.build_trainer` and `Trainer.fit` on synthetic CIFAR-size
+Everything runs through `gacd.training.build_trainer` and `Trainer.fit` on synthetic CIFAR-size
 data (random uint8 images, 10 random labels, crop + flip augmentation), so it times the
 engine users run:
 
@@ -50,12 +50,12 @@ import torch
 
 from gacd.config import load_run_config
 from gacd.data import Augment, DatasetDefaults, DeviceSplit
-from gacd.data.base import ArraySplit, RawDataset
+from gacd.data.arrays import ArraySplit, RawDataset
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.export import export_model
 from gacd.engine.trainer import CHECKPOINT, MODEL_LAST, Trainer
 from gacd.models import build_model
-from gacd.run import PreparedData, build_trainer
+from gacd.training import PreparedData, build_trainer
 
 PGD_TARGET_IMAGES_PER_S = 10_000.0
 GACD_TARGET_COST = 1.5

@@ -1,9 +1,9 @@
 """Shared, session-scoped fixtures: the digits data and two trained digits models.
 
 Training happens once per test session, into a temporary directory, through the public
-entry points (`load_run_config` + `gacd.run.train`), so every test file can reuse:
+entry points (`load_run_config` + `gacd.training.train`), so every test file can reuse:
 
-- `digits_data`: `gacd.run.prepare_data` for digits on the CPU (train / val / test splits);
+- `digits_data`: `gacd.training.prepare_data` for digits on the CPU (train / val / test splits);
 - `digits_undefended_path`: exported `model_best.pt` of a naturally trained digits CNN
   (~98% clean, ~1% under PGD-20 at the digits eps 0.2);
 - `digits_teacher_path`: exported `model_best.pt` of a PGD-AT digits teacher
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gacd.config import RunConfig, load_run_config
-from gacd.run import PreparedData, prepare_data, train
+from gacd.training import PreparedData, prepare_data, train
 
 # Tiny models on 8x8 images gain nothing from intra-op threads, and oversubscribed threads
 # on a busy 2-core machine cost many times their work: one thread unless asked otherwise.

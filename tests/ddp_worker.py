@@ -35,7 +35,7 @@ from gacd.config import load_run_config
 from gacd.engine.distributed import is_main, rank
 from gacd.engine.export import load_model
 from gacd.evaluation import parse_attack, robust_accuracy
-from gacd.run import build_trainer
+from gacd.training import build_trainer
 
 EVAL_SEED = 0
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from gacd.engine.export import export_model, load_model
 from gacd.models import WrappedClassifier, build_model, register_model, wrap_classifier
-from gacd.run import train
+from gacd.training import train
 
 
 class GatedNet(nn.Module):
@@ -194,7 +194,7 @@ def test_export_needs_a_registered_factory(tmp_path: Path) -> None:
 
 
 def test_wrapped_networks_train_as_teacher_and_students(digits_config, tmp_path: Path) -> None:
-    """Through the ordinary pipeline (gacd.run.train, exported files), on digits: a wrapped
+    """Through the ordinary pipeline (gacd.training.train, exported files), on digits: a wrapped
     network trained as the teacher, then distilled into wrapped students by ARD and GACD."""
     arch = ["model.arch=test_adapter_gated_net", "eval.val_attack_steps=2"]
     teacher = train(

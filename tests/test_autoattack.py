@@ -21,7 +21,7 @@ from gacd.evaluation.autoattack import (
     autoattack_accuracy,
     autoattack_available,
 )
-from gacd.evaluation.report import evaluate_model
+from gacd.evaluation.results import evaluate_model
 from gacd.models import build_model
 
 EPS = 0.2  # the digits default budget

@@ -20,7 +20,7 @@ from gacd.data import (
     read_dataset,
     split_validation,
 )
-from gacd.run import prepare_data
+from gacd.training import prepare_data
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from gacd.engine.distributed import sync_batchnorm
 from gacd.engine.export import export_model, load_model
 from gacd.engine.logging import read_metrics
 from gacd.models import build_model
-from gacd.run import build_trainer
+from gacd.training import build_trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -143,7 +143,7 @@ def test_two_ranks_train_step_for_step_like_one_process(
 def test_gacd_banks_and_z_identical_across_ranks(tmp_path: Path) -> None:
     teacher_dir = tmp_path / "teacher"
     from gacd.config import load_run_config
-    from gacd.run import train
+    from gacd.training import train
 
     train(
         load_run_config(

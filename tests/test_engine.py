@@ -32,7 +32,7 @@ from gacd.engine.logging import read_metrics
 from gacd.engine.schedule import lr_multiplier
 from gacd.errors import CheckpointError
 from gacd.models import build_model
-from gacd.run import build_trainer
+from gacd.training import build_trainer
 
 
 def _tensors_equal(a: dict, b: dict) -> bool:

@@ -253,12 +253,12 @@ def test_a_diverged_run_names_epoch_and_step(tmp_path, capsys):
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only GacdError is reported as bad input: a ValueError from inside is a bug."""
-    import gacd.run
+    import gacd.training
 
     def broken(*args, **kwargs):
         raise ValueError("a bug, not bad input")
 
-    monkeypatch.setattr(gacd.run, "build_trainer", broken)
+    monkeypatch.setattr(gacd.training, "build_trainer", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["train", "out=/nonexistent/never", *TRAIN])
 

@@ -30,7 +30,7 @@ from gacd.methods import MethodContext, build_method
 from gacd.methods.gacd import GACD
 from gacd.methods.losses import teacher_confidence
 from gacd.models import ImageClassifier, build_model
-from gacd.run import PreparedData, build_trainer, train
+from gacd.training import PreparedData, build_trainer, train
 
 STUDENT_ARCH = "digits_cnn_small"
 ATTACK = AttackSpec(eps=0.2, step_size=0.08, steps=2)

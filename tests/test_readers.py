@@ -24,7 +24,7 @@ from format_writers import (
     write_tarball,
 )
 from gacd.data import cifar, stl10
-from gacd.data.base import DataError, RawDataset
+from gacd.data.arrays import DataError, RawDataset
 from gacd.data.cifar import read_cifar10, read_cifar100
 from gacd.data.download import download_and_verify, extract_tarball
 from gacd.data.mnist import read_idx, read_mnist

@@ -10,8 +10,8 @@ import torch
 
 from gacd.cli import main
 from gacd.engine.export import load_model
-from gacd.run import train
-from gacd.transfer import run_transfer
+from gacd.experiments.probe import run_transfer
+from gacd.training import train
 
 SOURCE = [0, 1, 2, 3, 4]
 TARGET = [5, 6, 7, 8, 9]

@@ -36,7 +36,7 @@ from gacd.models.zoo import (
     zoo_entries,
 )
 from gacd.models.zoo_table import ENTRIES
-from gacd.run import load_teacher
+from gacd.training import load_teacher
 from robustbench_reference import reference_model, save_robustbench_file, write_zoo_entry
 
 R18 = "robustbench:cifar10/Linf/Sehwag2021Proxy_R18"  # ResNet-18: a quick real-size entry

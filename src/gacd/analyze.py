@@ -25,7 +25,7 @@ from gacd.evaluation.analysis import (
 )
 from gacd.evaluation.plots import correlation_heatmaps, tsne_grid
 from gacd.models.zoo import is_zoo_id
-from gacd.run import prepare_data, resolve_device
+from gacd.training import prepare_data, resolve_device
 
 TEACHER = "teacher"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")

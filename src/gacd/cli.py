@@ -38,7 +38,7 @@ def _add_zoo_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from gacd.config import load_run_config
-    from gacd.run import train
+    from gacd.training import train
 
     overrides = list(args.overrides) + getattr(args, "extra_overrides", [])
     config = load_run_config(args.config, overrides)
@@ -153,7 +153,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
-    from gacd.transfer import run_transfer
+    from gacd.experiments.probe import run_transfer
 
     try:
         classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None

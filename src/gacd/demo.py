@@ -20,9 +20,9 @@ from gacd.config import load_run_config
 from gacd.engine.export import load_model
 from gacd.errors import ConfigError
 from gacd.evaluation.plots import grouped_bars
-from gacd.evaluation.report import evaluate_model, markdown_table
+from gacd.evaluation.results import evaluate_model, markdown_table
 from gacd.progress import remaining, say
-from gacd.run import prepare_data, resolve_device, train
+from gacd.training import prepare_data, resolve_device, train
 
 TEACHER_ARCH = "digits_cnn"
 STUDENT_ARCH = "digits_cnn_small"

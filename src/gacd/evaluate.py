@@ -7,8 +7,8 @@ from typing import Any
 
 from gacd.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from gacd.engine.export import load_model, load_model_meta, model_file
-from gacd.evaluation.report import evaluate_model, evaluation_markdown, write_results
-from gacd.run import prepare_data, resolve_device
+from gacd.evaluation.results import evaluate_model, evaluation_markdown, write_results
+from gacd.training import prepare_data, resolve_device
 
 # AutoAttack this far below PGD (percentage points) suggests PGD was fooled by gradient masking.
 MASKING_GAP = 5.0

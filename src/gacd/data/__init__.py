@@ -1,7 +1,7 @@
 """Datasets: one record each, readers for the official formats, a fixed validation split,
 device batches."""
 
-from gacd.data.base import ArraySplit, DataError, RawDataset
+from gacd.data.arrays import ArraySplit, DataError, RawDataset
 from gacd.data.datasets import (
     DATASETS,
     DatasetDefaults,

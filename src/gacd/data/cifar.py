@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gacd.data.base import ArraySplit, DataError, RawDataset
+from gacd.data.arrays import ArraySplit, DataError, RawDataset
 from gacd.data.download import download_and_verify, extract_tarball, fetch_hint, verify_md5
 
 IMAGE_BYTES = 3 * 32 * 32

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gacd.data.base import ArraySplit, RawDataset
+from gacd.data.arrays import ArraySplit, RawDataset
 from gacd.data.cifar import read_cifar10, read_cifar100
 from gacd.data.digits import read_digits
 from gacd.data.loader import Augment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gacd.data.base import ArraySplit, RawDataset
+from gacd.data.arrays import ArraySplit, RawDataset
 
 # The digits have no official test split; this fixed fraction, drawn with a fixed seed and
 # stratified by class, is ours and never changes between runs or machines.

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from gacd.data.base import DataError
+from gacd.data.arrays import DataError
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60

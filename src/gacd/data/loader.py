@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gacd.data.base import ArraySplit
+from gacd.data.arrays import ArraySplit
 
 
 class Batch(NamedTuple):

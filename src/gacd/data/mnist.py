@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gacd.data.base import ArraySplit, DataError, RawDataset
+from gacd.data.arrays import ArraySplit, DataError, RawDataset
 from gacd.data.download import download_from_mirrors, fetch_hint, md5_of
 
 IMAGE_MAGIC = 0x00000803  # IDX: unsigned bytes, 3 dimensions

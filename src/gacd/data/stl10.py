@@ -6,7 +6,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from gacd.data.base import ArraySplit, DataError, RawDataset
+from gacd.data.arrays import ArraySplit, DataError, RawDataset
 from gacd.data.download import download_and_verify, extract_tarball, fetch_hint, verify_md5
 
 FOLDER = "stl10_binary"

@@ -10,7 +10,6 @@ Stage directories (relative to the experiment's out):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,15 @@ from gacd.config import (
     to_dict,
     validate_method_section,
 )
-from gacd.experiments.spec import SPECIAL_SWEEPS, ExperimentConfig, TeacherSpec, parse_experiment
+from gacd.experiments.probe import transfer_settings
+from gacd.experiments.spec import (
+    SPECIAL_SWEEPS,
+    ExperimentConfig,
+    TeacherSpec,
+    deep_merge,
+    parse_experiment,
+    set_dotted,
+)
 from gacd.methods import method_class, recipe
 
 NO_TEACHER = "no_teacher"  # directory of students trained without a teacher (PGD-AT...)
@@ -62,30 +69,6 @@ class Plan:
 
     def evaluated(self) -> list[Stage]:
         return [s for s in self.stages.values() if s.evaluated]
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Nested merge: mappings merge key by key, anything else (lists too) is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(data)
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"sweep.param '{dotted}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-    return out
 
 
 def _build(where: str, data: dict[str, Any]) -> RunConfig:
@@ -298,32 +281,26 @@ class _Planner:
         for target_name, target in self.exp.transfer_targets.items():
             for source in sources:
                 key = self._dir("transfer", target_name, source.key)
-                # What gacd.transfer.run_transfer will be given, as a RunConfig so that it
-                # is checked, fingerprinted and shown like every other stage.
-                data = {
-                    "device": base.get("device", "auto"),
-                    "progress": base.get("progress", True),
-                    "data": {
-                        "name": target.dataset,
-                        "root": target.root,
-                        "classes": target.classes,
-                        "resize": target.resize,
-                        "batch_size": spec.batch_size
-                        or base.get("data", {}).get("batch_size", 128),
-                    },
-                    "optim": {"epochs": spec.epochs, "lr": spec.lr},
-                    "eval": {"eps": spec.eps, "step_size": spec.step_size},
-                }
-                data = deep_merge(data, self.exp.force)
-                data.update(
-                    method={"name": "linear"},
+                # What run_transfer will be given, as a RunConfig so that it is checked,
+                # fingerprinted and shown like every other stage.
+                data = transfer_settings(
+                    self._source_model(source),
+                    dataset=target.dataset,
+                    out_dir=self.out / key,
+                    root=target.root,
+                    classes=target.classes,
+                    resize=target.resize,
+                    epochs=spec.epochs,
+                    lr=spec.lr,
+                    eps=spec.eps,
+                    step_size=spec.step_size,
+                    attacks=spec.attacks,
+                    batch_size=spec.batch_size or base.get("data", {}).get("batch_size", 128),
                     seed=source.seed,
-                    init=self._source_model(source),
-                    out=str(self.out / key),
+                    device=base.get("device", "auto"),
+                    progress=base.get("progress", True),
+                    force=self.exp.force,
                 )
-                data["optim"]["weight_decay"] = 0.0  # run_transfer's probe has none
-                data["eval"]["attacks"] = list(spec.attacks)
-                data["eval"]["val_attack_steps"] = 0
                 config = _build(f"transfer.targets.{target_name} ({source.key})", data)
                 stage = Stage(
                     key,

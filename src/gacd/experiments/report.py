@@ -19,7 +19,7 @@ from typing import Any
 
 from gacd.data import DATASETS
 from gacd.errors import RunDirectoryError
-from gacd.evaluation.report import markdown_table
+from gacd.evaluation.results import markdown_table
 from gacd.experiments.paper import PAPER, PaperTable
 from gacd.methods import METHODS
 from gacd.models import MODELS

@@ -32,13 +32,14 @@ from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.distributed import barrier, init_from_env, is_distributed, is_main
 from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
-from gacd.evaluation.report import evaluate_model
+from gacd.evaluation.results import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, stage_root
+from gacd.experiments.probe import run_transfer
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
 from gacd.methods import recipe
 from gacd.models.zoo import is_zoo_id
 from gacd.progress import remaining
-from gacd.run import PreparedData, eval_budget, prepare_data, resolve_device, train
+from gacd.training import PreparedData, eval_budget, prepare_data, resolve_device, train
 
 MARKER = "stage.json"
 RESULTS = "results.json"
@@ -333,9 +334,7 @@ class Runner:
     def _transfer(
         self, stage: Stage, fp: dict[str, Any], marker: dict[str, Any] | None
     ) -> tuple[str, str, dict[str, Any]]:
-        """A linear probe by gacd.transfer.run_transfer; its last epoch is evaluated."""
-        from gacd.transfer import run_transfer
-
+        """A linear probe by `run_transfer`; its last epoch is evaluated."""
         folder = self.root / stage.key
         status, resume, note = self._decide(stage, fp, marker, ["transfer.json", MODEL_LAST])
         if status == "skipped":
@@ -344,26 +343,7 @@ class Runner:
         marker = self._fresh_marker(stage, fp, None)
         write_json(folder / MARKER, marker)
         c = stage.config
-        payload = run_transfer(
-            c.init,  # type: ignore[arg-type]
-            dataset=c.data.name,
-            out_dir=folder,
-            root=c.data.root,
-            classes=c.data.classes,
-            resize=c.data.resize,
-            epochs=c.optim.epochs,
-            lr=c.optim.lr,
-            eps=c.eval.eps,
-            step_size=c.eval.step_size,
-            attacks=c.eval.attacks,
-            batch_size=c.data.batch_size,
-            max_samples=c.eval.max_samples,
-            seed=c.seed,
-            device=c.device,
-            progress=c.progress,
-            resume=resume,
-            ignore=WIRING,
-        )
+        payload = run_transfer(c, resume=resume, ignore=WIRING)
         history = [json.loads(line) for line in (folder / METRICS).read_text().splitlines()]
         marker["train_seconds"] = sum(r.get("epoch_seconds", 0.0) for r in history)
         marker["epochs"] = c.optim.epochs

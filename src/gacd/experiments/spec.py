@@ -264,6 +264,30 @@ def _check_sweep(exp: ExperimentConfig) -> None:
         raise ConfigError(f"sweep.param: '{sweep.param}' is set by the pipeline itself")
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge: mappings merge key by key, anything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"sweep.param '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
 def experiment_dict(exp: ExperimentConfig) -> dict[str, Any]:
     """The experiment as a plain mapping (what the user wrote, after overrides)."""
     data = dataclasses.asdict(exp)

@@ -18,7 +18,7 @@ from gacd.models.archs import (
     model_names,
     register_model,
 )
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 
 __all__ = [
     "MODELS",

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 
 
 class WrappedClassifier(ImageClassifier):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 from gacd.registry import Registry
 
 ModelFactory = Callable[..., ImageClassifier]

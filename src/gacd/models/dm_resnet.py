@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gacd.models.archs import register_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 from gacd.models.resnet import init_weights
 from gacd.models.wide_resnet import wrn_blocks_per_stage
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gacd.models.archs import register_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 from gacd.models.resnet import init_weights
 
 # (expansion t, output channels c, repeats n, first stride s) from the paper's Table 2, except

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gacd.models.archs import register_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 from gacd.models.resnet import init_weights
 
 SHORTCUT_INPUTS = ("preact", "raw")

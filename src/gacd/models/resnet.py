@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gacd.models.archs import register_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 
 
 def init_weights(model: nn.Module) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from gacd.models.archs import register_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 
 
 def _conv_block(c_in: int, c_out: int, batch_norm: bool = True) -> list[nn.Module]:

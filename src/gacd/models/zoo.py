@@ -25,7 +25,7 @@ from torch import Tensor
 
 from gacd.errors import ZooError
 from gacd.models.archs import build_model
-from gacd.models.base import ImageClassifier
+from gacd.models.classifier import ImageClassifier
 from gacd.models.zoo_download import download_checkpoint, gdrive_url
 from gacd.models.zoo_table import ENTRIES, ZooEntry
 

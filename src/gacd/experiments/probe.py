@@ -13,69 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gacd.config import ConfigError, RunConfig, from_dict, validate_method_section
+from gacd.config import RunConfig, from_dict, validate_method_section
 from gacd.engine.distributed import is_distributed
 from gacd.engine.export import load_model, load_model_meta
 from gacd.errors import CheckpointError
-from gacd.evaluation.report import evaluate_model, markdown_table, write_results
+from gacd.evaluation.results import evaluate_model, markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
-from gacd.run import prepare_data, resolve_device, train
+from gacd.experiments.spec import deep_merge
+from gacd.training import eval_budget, prepare_data, resolve_device, train
 
 DEFAULT_ATTACKS = ("natural", "pgd7")
 
 
-def _transfer_config(
-    *,
-    init: Path,
-    dataset: str,
-    root: str | None,
-    classes: list[int] | None,
-    resize: int | None,
-    out_dir: Path,
-    epochs: int,
-    lr: float,
-    eps: float | None,
-    step_size: float | None,
-    batch_size: int,
-    seed: int,
-    device: str,
-    progress: bool,
-) -> RunConfig:
-    # from_dict checks every value's type, as for a YAML config.
-    config = from_dict(
-        RunConfig,
-        {
-            "seed": seed,
-            "device": device,
-            "out": str(out_dir),
-            "progress": progress,
-            "init": str(init),
-            "data": {
-                "name": dataset,
-                "root": root,
-                "classes": classes,
-                "resize": resize,
-                "batch_size": batch_size,
-            },
-            "method": {"name": "linear", "reset_classifier": True},
-            # Linear evaluation: no weight decay on the probe (as configs/digits/linear.yaml).
-            "optim": {"epochs": epochs, "lr": lr, "weight_decay": 0.0},
-            # No per-epoch validation attack: the last epoch is evaluated, and PGD on the
-            # validation split would cost more than training a probe on frozen features.
-            "eval": {
-                "eps": eps,
-                "step_size": step_size,
-                "attacks": list(DEFAULT_ATTACKS),
-                "val_attack_steps": 0,
-            },
-        },
-    )
-    validate_method_section(config.method)
-    return config
-
-
-def run_transfer(
-    student_path: str | Path,
+def transfer_settings(
+    student: str | Path,
     *,
     dataset: str,
     out_dir: str | Path,
@@ -92,46 +43,69 @@ def run_transfer(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
-    resume: bool = True,
-    ignore: tuple[str, ...] = (),
+    force: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a linear probe on the frozen features of `student_path` for `dataset` (its
-    `classes`, relabelled 0..n-1, images resized to `resize`), evaluate it on the test
-    split under `attacks` (natural and PGD-7 by default; eps/step_size default to the
-    dataset's) and write transfer.json / transfer.md to `out_dir`. Returns the JSON payload.
-    `ignore`: config keys a pipeline vouches for itself (see `gacd.run.train`).
-    """
-    student_path = Path(student_path)
-    out = Path(out_dir)
+    """The probe's RunConfig as a mapping: the one place the transfer recipe is written
+    (`gacd transfer` and an experiment's transfer stages both use it). `force` (an
+    experiment's quick-check overrides) applies to everything but the recipe's own keys."""
+    data: dict[str, Any] = {
+        "device": device,
+        "progress": progress,
+        "data": {
+            "name": dataset,
+            "root": root,
+            "classes": list(classes) if classes is not None else None,
+            "resize": resize,
+            "batch_size": batch_size,
+        },
+        "optim": {"epochs": epochs, "lr": lr},
+        "eval": {"eps": eps, "step_size": step_size, "max_samples": max_samples},
+    }
+    data = deep_merge(data, force or {})
+    return deep_merge(
+        data,
+        {
+            "method": {"name": "linear"},  # a fresh classifier sized for the target task
+            "seed": seed,
+            "init": str(student),
+            "out": str(out_dir),
+            # Linear evaluation: no weight decay on the probe (as configs/digits/linear.yaml).
+            "optim": {"weight_decay": 0.0},
+            # No per-epoch validation attack: the last epoch is evaluated, and PGD on the
+            # validation split would cost more than training a probe on frozen features.
+            "eval": {"attacks": list(attacks), "val_attack_steps": 0},
+        },
+    )
+
+
+def transfer_config(student: str | Path, **settings: Any) -> RunConfig:
+    """`transfer_settings` as a checked RunConfig (every value's type and range)."""
+    config = from_dict(RunConfig, transfer_settings(student, **settings))
+    validate_method_section(config.method)
+    return config
+
+
+def run_transfer(
+    config: RunConfig, *, resume: bool = True, ignore: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Train the linear probe `config` describes (see `transfer_config`) on the frozen
+    features of the model at `config.init`, evaluate its last epoch on the target's test
+    split under `config.eval.attacks`, and write transfer.json / transfer.md to
+    `config.out`. Returns the JSON payload. `ignore`: config keys a pipeline vouches for
+    itself (see `gacd.training.train`)."""
+    student_path = Path(config.init or "")
+    out = Path(config.out)
     if not student_path.is_file():
         raise CheckpointError(f"student model not found: {student_path}")
-    if epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {epochs}")
-    config = _transfer_config(
-        init=student_path,
-        dataset=dataset,
-        root=root,
-        classes=list(classes) if classes is not None else None,
-        resize=resize,
-        out_dir=out,
-        epochs=epochs,
-        lr=lr,
-        eps=eps,
-        step_size=step_size,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(config.device)
     # Read (and check: classes, resize, root) the target data before writing anything.
     data = prepare_data(config, torch_device)
-    eps = data.defaults.eps if eps is None else eps
-    step_size = data.defaults.step_size if step_size is None else step_size
+    eps, step_size = eval_budget(config, data.defaults)
+    attacks = list(config.eval.attacks)
     for name in attacks:  # a typo in an attack name fails before training
         parse_attack(name, eps, step_size)
-
-    out.mkdir(parents=True, exist_ok=True)
+    dataset, resize = config.data.name, config.data.resize
+    epochs, lr = config.optim.epochs, config.optim.lr
     result = train(config, resume=resume, data=data, ignore=ignore)
 
     # The probe after its last epoch, the usual linear-evaluation protocol. The trainer's
@@ -141,13 +115,13 @@ def run_transfer(
     evaluation = evaluate_model(
         probe,
         data.test,
-        list(attacks),
+        attacks,
         eps=eps,
         step_size=step_size,
         batch_size=config.data.eval_batch_size,
-        seed=seed,
-        max_samples=max_samples,
-        progress=progress,
+        seed=config.seed,
+        max_samples=config.eval.max_samples,
+        progress=config.progress,
         across_ranks=is_distributed(),
     )
     source = load_model_meta(student_path)
