@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gacd.analyze import run_analysis, summary_lines
+from gacd.commands.analyze import run_analysis, summary_lines
 from gacd.attacks import AttackSpec
 from gacd.cli import main
 from gacd.data import DeviceSplit, read_dataset

@@ -12,7 +12,7 @@ import torch
 from gacd.cli import main
 from gacd.config import ConfigError
 from gacd.engine.export import load_model
-from gacd.evaluate import MASKING_GAP, masking_warnings
+from gacd.evaluation.results import MASKING_GAP, masking_warnings
 from gacd.evaluation import autoattack as aa_module
 from gacd.evaluation.autoattack import (
     MISSING_MESSAGE,

@@ -50,8 +50,9 @@ def test_demo_writes_matching_json_and_table(tmp_path: Path) -> None:
     assert re.search(r"Wall time: \d+ s", table)
 
     # A re-run resumes every finished stage instead of training again.
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    assert len(stamps) == 9  # 2 reference models, 5 students, GACD's distillation and probe
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == stamps
     assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]

@@ -10,7 +10,7 @@ import torch
 
 from gacd.cli import main
 from gacd.engine.export import load_model
-from gacd.experiments.probe import run_transfer
+from gacd.experiments.probe import run_transfer, transfer_config
 from gacd.training import train
 
 SOURCE = [0, 1, 2, 3, 4]
@@ -40,7 +40,7 @@ def source_student(tmp_path_factory: pytest.TempPathFactory, digits_config) -> P
 @pytest.fixture(scope="module")
 def transferred(source_student: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("transfer")
-    payload = run_transfer(
+    config = transfer_config(
         source_student,
         dataset="digits",
         classes=TARGET,
@@ -50,6 +50,7 @@ def transferred(source_student: Path, tmp_path_factory: pytest.TempPathFactory):
         device="cpu",
         progress=False,
     )
+    payload = run_transfer(config)
     return out, payload
 
 

@@ -372,7 +372,7 @@ def test_teacher_of_another_label_set_is_refused(
 def test_analyze_accepts_a_robustbench_teacher(
     r18_zoo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from gacd.analyze import _check_models
+    from gacd.commands.analyze import _check_models
 
     student = tmp_path / "student.pt"
     gacd.export_model(build_zoo_model(find_entry(R18)), student, meta={"dataset": "cifar10"})

@@ -6,6 +6,7 @@ names the key and says what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -341,20 +342,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of the nested mapping `data` with dotted overrides applied."""
-    import copy
-
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        data = set_value(data, path, value, f"override '{text}'")
+    return data
+
+
+def set_value(data: dict[str, Any], path: list[str], value: Any, where: str) -> dict[str, Any]:
+    """A copy of the nested mapping `data` with the value at `path` set (sections created
+    as needed); `where` names the setting in an error."""
+    data = copy.deepcopy(data)
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
     return data
 
 
@@ -379,13 +386,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a RunConfig from YAML (or defaults when path is None) and apply overrides; the
-    method section is validated against the chosen method's own options."""
+def load_run_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a RunConfig from YAML (or defaults when path is None), set `settings` (dotted key
+    -> value, e.g. a command's flags), then apply the dotted `overrides`; the method section
+    is validated against the chosen method's own options."""
     data = load_yaml(path) if path is not None else {}
     # The method section is a free-form mapping; start it from the default so that an
     # override like method.beta=3 adds to it instead of replacing the method name.
     data.setdefault("method", dict(RunConfig().method))
+    for key, value in (settings or {}).items():
+        data = set_value(data, key.split("."), value, key)
     data = apply_overrides(data, overrides or [])
     config = from_dict(RunConfig, data)
     validate_method_section(config.method)

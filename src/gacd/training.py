@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -31,11 +32,12 @@ from gacd.data import (
     split_validation,
 )
 from gacd.engine.checkpoint import load_checkpoint, seed_everything
-from gacd.engine.distributed import init_from_env, is_main, rank, sync_batchnorm
+from gacd.engine.distributed import init_from_env, is_distributed, is_main, rank, sync_batchnorm
 from gacd.engine.export import load_model
 from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Trainer, TrainResult
 from gacd.errors import RunDirectoryError
+from gacd.evaluation.results import evaluate_model
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodContext, build_method
 from gacd.models import ImageClassifier, build_model
@@ -109,6 +111,33 @@ def eval_budget(config: RunConfig, defaults: DatasetDefaults) -> tuple[float, fl
     return (
         defaults.eps if e.eps is None else e.eps,
         defaults.step_size if e.step_size is None else e.step_size,
+    )
+
+
+def evaluate_configured(
+    model: ImageClassifier,
+    data: PreparedData,
+    config: RunConfig,
+    *,
+    attacks: list[str] | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy of `model` under the attacks, budget, split, sample cap and seed `config`
+    sets: the one evaluation every command and pipeline stage runs (the attacks and the
+    split may be narrowed). Under torchrun every rank calls it and takes its share."""
+    eps, step = eval_budget(config, data.defaults)
+    return evaluate_model(
+        model,
+        data.split(split or config.eval.split),
+        list(attacks if attacks is not None else config.eval.attacks),
+        eps=eps,
+        step_size=step,
+        restarts=config.eval.restarts,
+        batch_size=config.data.eval_batch_size,
+        seed=config.seed,
+        max_samples=config.eval.max_samples,
+        progress=config.progress and is_main(),
+        across_ranks=is_distributed(),
     )
 
 

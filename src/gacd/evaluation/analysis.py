@@ -3,7 +3,7 @@ student's inter-class logit correlations are from its teacher's, on natural and 
 inputs, and a t-SNE picture of penultimate features of two classes plus adversarial examples.
 
 Everything here returns numbers (numpy arrays and summary dicts); `gacd.evaluation.plots`
-draws them and `gacd.analyze` wires models, data and files together.
+draws them and `gacd.commands.analyze` wires models, data and files together.
 """
 
 from __future__ import annotations

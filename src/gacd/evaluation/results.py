@@ -61,6 +61,26 @@ def evaluate_model(
     return results
 
 
+# AutoAttack this far below PGD (percentage points) suggests PGD was fooled by gradient masking.
+MASKING_GAP = 5.0
+
+
+def masking_warnings(accuracy: dict[str, float]) -> list[str]:
+    if "autoattack" not in accuracy:
+        return []
+    aa = accuracy["autoattack"]
+    out = []
+    for name, acc in accuracy.items():
+        if name.startswith(("pgd", "cw")) and acc - aa > MASKING_GAP:
+            out.append(
+                f"AutoAttack accuracy {aa:.2f}% is {acc - aa:.2f} points below {name} "
+                f"({acc:.2f}%): {name} overestimates robustness; trust the AutoAttack number. "
+                "If AutoAttack's gradient-free Square attack is what closes the gap, suspect "
+                "gradient masking; if APGD does, the fixed-step PGD was just weaker"
+            )
+    return out
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, float) else str(v)

@@ -10,6 +10,7 @@ Stage directories (relative to the experiment's out):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,14 @@ class Plan:
         return [s for s in self.stages.values() if s.evaluated]
 
 
-def _build(where: str, data: dict[str, Any]) -> RunConfig:
+def _build(where: str, data: dict[str, Any], epochs_scale: float = 1.0) -> RunConfig:
+    """A stage's checked RunConfig; `epochs_scale` multiplies its epochs (at least 1)."""
     try:
         config = from_dict(RunConfig, data)
         validate_method_section(config.method)
+        if epochs_scale != 1.0:
+            epochs = max(1, round(config.optim.epochs * epochs_scale))
+            config.optim = dataclasses.replace(config.optim, epochs=epochs)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return config
@@ -136,7 +141,7 @@ class _Planner:
             )
         data = deep_merge(data, wiring)
         data.setdefault("eval", {})["attacks"] = list(exp.attacks)
-        return _build(where, data), swept
+        return _build(where, data, self.exp.epochs_scale), swept
 
     def _applies(self, kind: str, data: dict[str, Any], method: str | None) -> bool:
         sweep = self.sweep
@@ -301,7 +306,9 @@ class _Planner:
                     progress=base.get("progress", True),
                     force=self.exp.force,
                 )
-                config = _build(f"transfer.targets.{target_name} ({source.key})", data)
+                config = _build(
+                    f"transfer.targets.{target_name} ({source.key})", data, self.exp.epochs_scale
+                )
                 stage = Stage(
                     key,
                     "transfer",
@@ -348,9 +355,11 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
             if not isinstance(m, str):
                 raise ConfigError(f"sweep.values: method names expected, got {m!r}")
     needs_teacher = [m for m in methods if recipe(m).needs_teacher]
-    if needs_teacher and not exp.teacher_specs:
+    distilled_from = [n for n, spec in exp.teacher_specs.items() if not spec.reference]
+    if needs_teacher and not distilled_from:
         raise ConfigError(
-            f"students.methods {needs_teacher} need a teacher, and the experiment has none"
+            f"students.methods {needs_teacher} need a teacher, and the experiment has none "
+            "(reference models are not distilled from)"
         )
     for name in exp.teacher_specs:
         if name == NO_TEACHER:
@@ -365,7 +374,7 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
             for method in methods:
                 rec = recipe(method)
                 pairs = (
-                    [teacher_stages[(t, seed)] for t in exp.teacher_specs]
+                    [teacher_stages[(t, seed)] for t in distilled_from]
                     if rec.needs_teacher
                     else [None]
                 )

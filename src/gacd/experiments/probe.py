@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gacd.config import RunConfig, from_dict, validate_method_section
-from gacd.engine.distributed import is_distributed
+from gacd.config import RunConfig, apply_overrides, from_dict, validate_method_section
 from gacd.engine.export import load_model, load_model_meta
 from gacd.errors import CheckpointError
-from gacd.evaluation.results import evaluate_model, markdown_table, write_results
+from gacd.evaluation.results import markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
 from gacd.experiments.spec import deep_merge
-from gacd.training import eval_budget, prepare_data, resolve_device, train
+from gacd.training import eval_budget, evaluate_configured, prepare_data, resolve_device, train
 
 DEFAULT_ATTACKS = ("natural", "pgd7")
 
@@ -78,9 +77,13 @@ def transfer_settings(
     )
 
 
-def transfer_config(student: str | Path, **settings: Any) -> RunConfig:
-    """`transfer_settings` as a checked RunConfig (every value's type and range)."""
-    config = from_dict(RunConfig, transfer_settings(student, **settings))
+def transfer_config(
+    student: str | Path, overrides: list[str] | None = None, **settings: Any
+) -> RunConfig:
+    """`transfer_settings` with dotted `overrides` applied, as a checked RunConfig (every
+    value's type and range)."""
+    data = apply_overrides(transfer_settings(student, **settings), overrides or [])
+    config = from_dict(RunConfig, data)
     validate_method_section(config.method)
     return config
 
@@ -112,18 +115,7 @@ def run_transfer(
     # pick (best validation PGD accuracy) favoured under-trained, near-constant probes on
     # digits: robust accuracy at epoch 1 with ~50% clean accuracy.
     probe = load_model(result.model_last, torch_device)
-    evaluation = evaluate_model(
-        probe,
-        data.test,
-        attacks,
-        eps=eps,
-        step_size=step_size,
-        batch_size=config.data.eval_batch_size,
-        seed=config.seed,
-        max_samples=config.eval.max_samples,
-        progress=config.progress,
-        across_ranks=is_distributed(),
-    )
+    evaluation = evaluate_configured(probe, data, config, split="test")
     source = load_model_meta(student_path)
     payload: dict[str, Any] = {
         "student": str(student_path),

@@ -19,7 +19,7 @@ from typing import Any
 
 from gacd.data import DATASETS
 from gacd.errors import RunDirectoryError
-from gacd.evaluation.results import markdown_table
+from gacd.evaluation.results import markdown_table, masking_warnings
 from gacd.experiments.paper import PAPER, PaperTable
 from gacd.methods import METHODS
 from gacd.models import MODELS
@@ -492,8 +492,6 @@ def _transfer_section(results: dict[str, Any]) -> list[str]:
 
 
 def _warnings_section(results: dict[str, Any]) -> list[str]:
-    from gacd.evaluate import masking_warnings
-
     lines = []
     for r in results["records"]:
         for w in masking_warnings(r["accuracy"]):

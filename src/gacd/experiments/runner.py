@@ -29,17 +29,23 @@ import yaml
 from gacd.config import RunConfig, to_dict, training_settings
 from gacd.data import dataset_info
 from gacd.engine.checkpoint import load_checkpoint
-from gacd.engine.distributed import barrier, init_from_env, is_distributed, is_main
+from gacd.engine.distributed import barrier, init_from_env, is_main
 from gacd.engine.export import load_model, load_model_meta, model_file
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST
-from gacd.evaluation.results import evaluate_model
 from gacd.experiments.plan import Plan, Stage, plan_experiment, stage_root
 from gacd.experiments.probe import run_transfer
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
 from gacd.methods import recipe
 from gacd.models.zoo import is_zoo_id
 from gacd.progress import remaining
-from gacd.training import PreparedData, eval_budget, prepare_data, resolve_device, train
+from gacd.training import (
+    PreparedData,
+    eval_budget,
+    evaluate_configured,
+    prepare_data,
+    resolve_device,
+    train,
+)
 
 MARKER = "stage.json"
 RESULTS = "results.json"
@@ -270,7 +276,7 @@ class Runner:
         if old.get("settings") != settings:
             old = {}
         files = {"best": stage.external_model or str(folder / MODEL_BEST)}
-        if stage.external_model is None:
+        if stage.external_model is None and _wanted(self.exp, stage, "last"):
             files["last"] = str(folder / MODEL_LAST)
         evaluation: dict[str, Any] = {"settings": settings, "models": {}, "data": old.get("data")}
         done: dict[Any, dict[str, Any]] = {}  # epoch -> entry: best is often the last epoch
@@ -296,18 +302,7 @@ class Runner:
                 data = self.data(config)
                 evaluation["data"] = _data_summary(config, data)
                 model = load_model(path, resolve_device(config.device), zoo_root=config.zoo_root)
-                result = evaluate_model(
-                    model,
-                    data.split(config.eval.split),
-                    missing,
-                    eps=eps,
-                    step_size=step,
-                    restarts=config.eval.restarts,
-                    batch_size=config.data.eval_batch_size,
-                    seed=config.seed,
-                    max_samples=config.eval.max_samples,
-                    across_ranks=is_distributed(),
-                )
+                result = evaluate_configured(model, data, config, attacks=missing)
                 acc.update(result["accuracy"])
                 described.update(result["attacks"])
                 samples = result["samples"]

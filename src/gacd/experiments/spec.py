@@ -30,6 +30,9 @@ class TeacherSpec:
     path: str | None = None  # an exported model (model_best.pt) or robustbench:<id>; not trained
     label: str | None = None  # display name in reports (default: from the architecture)
     config: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides
+    # A reference model (e.g. an undefended one): trained and evaluated like a teacher,
+    # never distilled from.
+    reference: bool = False
 
 
 @dataclass
@@ -98,11 +101,14 @@ class ExperimentConfig:
     # torch intra-op threads (None: torch's default). Tiny models (digits) run fastest on
     # 1: extra threads cost more in synchronisation than they save, on a busy CPU many times.
     threads: int | None = None
+    # Multiplies every stage's epochs (at least 1 each): a quick look at a long experiment.
+    epochs_scale: float = 1.0
     paper: str | None = None  # key of the paper's reported numbers (gacd.experiments.paper)
     seeds: list[int] = field(default_factory=lambda: [0])
     teachers_per_seed: bool = False  # False: one teacher (first seed) serves every seed
     attacks: list[str] = field(default_factory=lambda: ["natural", "pgd20"])
-    attacks_last: list[str] | None = None  # for last-epoch models (default: attacks)
+    # For last-epoch models (default: attacks); [] evaluates the best-epoch models only.
+    attacks_last: list[str] | None = None
     base: dict[str, Any] = field(default_factory=dict)  # RunConfig mapping for every stage
     # RunConfig overrides per stage kind, on top of `base`: teacher, student (one-stage
     # students), and the kinds of multi-stage recipes (GACD's distill, linear, aft).
@@ -144,6 +150,8 @@ def parse_experiment(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"name: '{exp.name}' must be a non-empty name without '/'")
     if exp.threads is not None and exp.threads < 1:
         raise ConfigError(f"threads: must be at least 1, got {exp.threads}")
+    if exp.epochs_scale <= 0:
+        raise ConfigError(f"epochs_scale: must be positive, got {exp.epochs_scale}")
     if not exp.seeds:
         raise ConfigError("seeds: give at least one seed")
     for name, value in exp.teachers.items():
@@ -177,7 +185,7 @@ def parse_experiment(data: dict[str, Any]) -> ExperimentConfig:
     if exp.paper is not None and exp.paper not in PAPER:
         raise ConfigError(f"paper: unknown key '{exp.paper}'; known: {', '.join(PAPER)}")
     _check_attacks("attacks", exp.attacks)
-    if exp.attacks_last is not None:
+    if exp.attacks_last:
         _check_attacks("attacks_last", exp.attacks_last)
     if exp.transfer is not None:
         _check_attacks("transfer.attacks", exp.transfer.attacks)

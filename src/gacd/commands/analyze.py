@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -340,3 +341,66 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
             f"class separation {_fmt(s['separation_ratio'], '.2f')}"
         )
     return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    payload = run_analysis(
+        teacher=args.teacher,
+        models=parse_model_args(args.models),
+        out=args.out,
+        dataset=args.dataset,
+        root=args.data_root,
+        classes_pair=parse_pair(args.classes_pair) if args.classes_pair else None,
+        samples=args.samples,
+        corr_samples=args.corr_samples,
+        eps=args.eps,
+        step_size=args.step_size,
+        steps=args.steps,
+        corr_attack=args.corr_attack,
+        tsne_attacker=args.tsne_attacker,
+        tsne_targeted=not args.tsne_untargeted,
+        tsne_only_fooled=args.tsne_only_fooled,
+        device=args.device,
+        seed=args.seed,
+    )
+    print("\n".join(summary_lines(payload)))
+    figures = ", ".join(Path(f).name for f in payload["figures"].values())
+    print(f"wrote {figures} and analysis.json to {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="logit-correlation and t-SNE analysis (paper Figs 3-5)")
+    p.add_argument("--teacher", required=True, help="exported teacher model")
+    p.add_argument(
+        "--models", nargs="+", required=True, metavar="NAME=PATH", help="models to compare"
+    )
+    p.add_argument("--dataset", help="dataset name (default: the one the models record)")
+    p.add_argument("--data-root", help="directory holding the dataset files")
+    p.add_argument("--classes-pair", help="t-SNE classes a,b (default 2,9: bird,truck)")
+    p.add_argument("--samples", type=int, default=100, help="t-SNE images per class")
+    p.add_argument("--corr-samples", type=int, default=1000, help="images for correlations")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the dataset's)")
+    p.add_argument("--step-size", type=float, help="PGD step (default: the dataset's)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    p.add_argument(
+        "--corr-attack",
+        default="student",
+        choices=["student", "teacher"],
+        help="model the correlation's adversarial inputs are crafted on (default: student)",
+    )
+    p.add_argument(
+        "--tsne-attacker",
+        default="self",
+        help="'self' (each model attacks itself) or a model name crafting for all panels",
+    )
+    p.add_argument(
+        "--tsne-untargeted", action="store_true", help="untargeted PGD, not toward class a"
+    )
+    p.add_argument(
+        "--tsne-only-fooled", action="store_true", help="keep adversarial b classified as a"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
