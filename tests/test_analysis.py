@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gacd.commands.analyze import run_analysis, summary_lines
 from gacd.attacks import AttackSpec
 from gacd.cli import main
+from gacd.commands.analyze import run_analysis, summary_lines
+from gacd.config import load_run_config
 from gacd.data import DeviceSplit, read_dataset
 from gacd.engine.export import export_model, load_model
 from gacd.evaluation.analysis import (
@@ -188,17 +189,16 @@ def test_tsne_point_counts_and_summary(
 
 def test_run_analysis_writes_figures_and_json(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     payload = run_analysis(
+        load_run_config(None, [f"out={tmp_path}", "device=cpu"]),
         teacher=str(tiny_models["teacher"]),
         models=[
             ("student", str(tiny_models["student"])),
             ("undefended", str(tiny_models["undefended"])),
         ],
-        out=tmp_path,
         classes_pair=(2, 9),
         samples=6,
         corr_samples=80,
         steps=3,
-        device="cpu",
     )
     for name in ("correlation_student.png", "correlation_undefended.png", "tsne.png"):
         data = (tmp_path / name).read_bytes()

@@ -12,7 +12,6 @@ import torch
 from gacd.cli import main
 from gacd.config import ConfigError
 from gacd.engine.export import load_model
-from gacd.evaluation.results import MASKING_GAP, masking_warnings
 from gacd.evaluation import autoattack as aa_module
 from gacd.evaluation.autoattack import (
     MISSING_MESSAGE,
@@ -21,7 +20,7 @@ from gacd.evaluation.autoattack import (
     autoattack_accuracy,
     autoattack_available,
 )
-from gacd.evaluation.results import evaluate_model
+from gacd.evaluation.results import MASKING_GAP, evaluate_model, masking_warnings
 from gacd.models import build_model
 
 EPS = 0.2  # the digits default budget

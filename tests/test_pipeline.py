@@ -23,8 +23,8 @@ import yaml
 from gacd.cli import main
 from gacd.config import ConfigError
 from gacd.experiments import experiment_from_dict, load_experiment, plan_experiment
-from gacd.experiments.report import describe_data, fmt, summarise
-from gacd.experiments.runner import MARKER
+from gacd.experiments.records import MARKER
+from gacd.experiments.report_format import describe_data, fmt, summarise
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KD = "students/cnn/digits_cnn_small/kd/seed0"
@@ -352,7 +352,7 @@ def test_summaries_and_data_labels() -> None:
 
 
 def test_epochs_cut_far_below_the_config_make_a_smoke_run() -> None:
-    from gacd.experiments.runner import smoke_notice
+    from gacd.experiments.records import smoke_notice
 
     path = CONFIGS / "digits" / "experiments" / "table1.yaml"
     as_written = load_experiment(path)

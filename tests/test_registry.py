@@ -18,7 +18,7 @@ from format_writers import write_cifar10, write_cifar100, write_idx_mnist, write
 from gacd.data import DATASETS, dataset_info, read_dataset, register_dataset
 from gacd.engine.export import export_model, load_model
 from gacd.errors import ConfigError, UnknownName
-from gacd.experiments.report import arch_label, dataset_label, method_label
+from gacd.experiments.report_format import arch_label, dataset_label, method_label
 from gacd.methods import METHODS, Method, method_class, method_names, register_method
 from gacd.models import MODELS, build_model, model_info, model_names, register_model
 from gacd.registry import Registry

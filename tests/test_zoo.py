@@ -372,14 +372,14 @@ def test_teacher_of_another_label_set_is_refused(
 def test_analyze_accepts_a_robustbench_teacher(
     r18_zoo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from gacd.commands.analyze import _check_models
+    from gacd.commands.analysis_inputs import check_models
 
     student = tmp_path / "student.pt"
     gacd.export_model(build_zoo_model(find_entry(R18)), student, meta={"dataset": "cifar10"})
     with pytest.raises(ZooError, match="GACD_ZOO"):  # analyze reads the zoo from $GACD_ZOO
-        _check_models(R18, [("s", str(student))])
+        check_models(R18, [("s", str(student))])
     monkeypatch.setenv(ENV_ROOT, str(tmp_path / "empty"))
     with pytest.raises(ZooError, match=r"Sehwag2021Proxy_R18\.pt"):
-        _check_models(R18, [("s", str(student))])
+        check_models(R18, [("s", str(student))])
     monkeypatch.setenv(ENV_ROOT, str(r18_zoo[0]))
-    assert _check_models(R18, [("s", str(student))]) == {"teacher": R18, "s": str(student)}
+    assert check_models(R18, [("s", str(student))]) == {"teacher": R18, "s": str(student)}

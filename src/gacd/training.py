@@ -141,32 +141,51 @@ def evaluate_configured(
     )
 
 
+def check_model_fits(
+    model: ImageClassifier, raw: RawDataset, what: str, classes: bool = True
+) -> None:
+    """`model` (a teacher, a model to start from, a model to evaluate or analyse) must take
+    the dataset's channels and, unless `classes` is False, give its number of classes."""
+    spec = model.spec
+    if spec["in_channels"] != raw.image_shape[0] or (
+        classes and spec["num_classes"] != raw.num_classes
+    ):
+        raise ConfigError(
+            f"{what} has {spec['num_classes']} classes and {spec['in_channels']} channels; "
+            f"dataset '{raw.name}' has {raw.num_classes} and {raw.image_shape[0]}"
+            + ("" if classes else " (the classes may differ: a fresh classifier is trained)")
+        )
+
+
 def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> ImageClassifier:
-    arch = config.model.arch or dataset_info(raw.name).defaults.arch
-    c = raw.image_shape[0]
+    """The student: loaded from `init` (a linear probe with a fresh classifier may move to
+    another label set), or built from `model.arch` for the dataset."""
     if config.init is not None:
         model = load_model(
             config.init, device, zoo_root=config.zoo_root, download=config.zoo_download
         )
-        if model.spec["in_channels"] != c:
-            raise ConfigError(
-                f"init: {config.init} takes {model.spec['in_channels']} channels; "
-                f"dataset '{raw.name}' has {c}"
-            )
-        # A linear probe with a fresh classifier may move to another label set (transfer).
         probe = config.method.get("name") == "linear" and config.method.get(
             "reset_classifier", True
         )
-        if model.spec["num_classes"] != raw.num_classes and not probe:
-            raise ConfigError(
-                f"init: {config.init} has {model.spec['num_classes']} classes; dataset "
-                f"'{raw.name}' has {raw.num_classes} (only method linear can change that)"
-            )
-        return model.train()
+        check_model_fits(model, raw, f"init: {config.init}", classes=not probe)
+        model.train()
+    else:
+        model = _new_student(config, raw)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        # Compile the feature extractor only: attacks and losses stay eager and flexible.
+        model.features = torch.compile(model.features)  # type: ignore[method-assign]
+    return model
+
+
+def _new_student(config: RunConfig, raw: RawDataset) -> ImageClassifier:
+    arch = config.model.arch or dataset_info(raw.name).defaults.arch
     try:
-        model = build_model(
+        return build_model(
             arch,
-            in_channels=c,
+            in_channels=raw.image_shape[0],
             num_classes=raw.num_classes,
             mean=raw.mean,
             std=raw.std,
@@ -176,13 +195,6 @@ def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> I
         raise ConfigError(
             f"model.kwargs {config.model.kwargs} do not fit '{arch}': {err}"
         ) from None
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        # Compile the feature extractor only: attacks and losses stay eager and flexible.
-        model.features = torch.compile(model.features)  # type: ignore[method-assign]
-    return model
 
 
 def load_teacher(
@@ -194,15 +206,7 @@ def load_teacher(
 ) -> ImageClassifier:
     """An exported model or a RobustBench id (`robustbench:...`, read from `zoo_root`)."""
     teacher = load_model(path, device, zoo_root=zoo_root, download=download)
-    if (
-        teacher.spec["num_classes"] != raw.num_classes
-        or teacher.spec["in_channels"] != raw.image_shape[0]
-    ):
-        raise ConfigError(
-            f"teacher: {path} has {teacher.spec['num_classes']} classes and "
-            f"{teacher.spec['in_channels']} channels; dataset '{raw.name}' needs "
-            f"{raw.num_classes} and {raw.image_shape[0]}"
-        )
+    check_model_fits(teacher, raw, f"teacher: {path}")
     return teacher
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,16 @@ import numpy as np
 import torch
 
 from gacd.attacks import AttackSpec
+from gacd.commands.analysis_inputs import (
+    TEACHER,
+    check_models,
+    common_dataset,
+    parse_model_args,
+    parse_pair,
+)
+from gacd.commands.common import add_overrides, config_from_flags
 from gacd.config import ConfigError, RunConfig
-from gacd.engine.export import load_model, load_model_meta, model_file
-from gacd.errors import CheckpointError
+from gacd.engine.export import load_model
 from gacd.evaluation.analysis import (
     POINT_KINDS,
     correlation_analysis,
@@ -25,79 +31,10 @@ from gacd.evaluation.analysis import (
     tsne_analysis,
 )
 from gacd.evaluation.plots import correlation_heatmaps, tsne_grid
-from gacd.models.zoo import is_zoo_id
-from gacd.training import prepare_data, resolve_device
+from gacd.training import check_model_fits, eval_budget, prepare_data, resolve_device
 
-TEACHER = "teacher"
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Bird and truck on CIFAR-10, the paper's pair; on other 10-class sets simply classes 2, 9.
 DEFAULT_PAIR = (2, 9)
-
-
-def parse_model_args(items: Sequence[str]) -> list[tuple[str, str]]:
-    """['ard=runs/ard/model_best.pt', ...] -> [('ard', 'runs/ard/model_best.pt'), ...]."""
-    out: list[tuple[str, str]] = []
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"--models entry '{item}' must look like name=path")
-        out.append((name, path))
-    return out
-
-
-def parse_pair(text: str) -> tuple[int, int]:
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        a, b = (int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"--classes-pair '{text}' must be two class indices, e.g. 2,9") from None
-    return a, b
-
-
-def _check_models(teacher: str, models: Sequence[tuple[str, str]]) -> dict[str, str]:
-    if not models:
-        raise ConfigError("no models to analyse: pass --models name=path [name=path ...]")
-    paths = {TEACHER: teacher}
-    for name, path in models:
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"model name '{name}': use letters, digits, '_', '-', '.' only")
-        if name in paths:
-            raise ConfigError(f"model name '{name}' is used twice (or is the reserved 'teacher')")
-        paths[name] = path
-    for name, path in paths.items():
-        if is_zoo_id(path):
-            model_file(path)  # a RobustBench id, read from $GACD_ZOO; says how to get it
-        elif not Path(path).is_file():
-            raise CheckpointError(f"{name}: model file not found: {path}")
-    return paths
-
-
-def _data_identity(meta: dict[str, Any]) -> tuple[Any, Any, Any]:
-    classes = meta.get("classes")
-    return meta.get("dataset"), tuple(classes) if classes else None, meta.get("resize")
-
-
-def _common_dataset(paths: dict[str, str], dataset: str | None) -> tuple[str, dict[str, Any]]:
-    """The one dataset every model was trained on (name, label subset, size), checked from
-    the exported metadata before any data is read."""
-    metas = {name: load_model_meta(path) for name, path in paths.items()}
-    known = {name: _data_identity(m) for name, m in metas.items() if m.get("dataset")}
-    if len(set(known.values())) > 1:
-        listing = ", ".join(
-            f"{n}: {d}" + (f" classes {c}" if c else "") + (f" resize {r}" if r else "")
-            for n, (d, c, r) in known.items()
-        )
-        raise ConfigError(f"the models were trained on different datasets ({listing})")
-    if known:
-        meta = metas[next(iter(known))]
-        if dataset is not None and dataset != meta["dataset"]:
-            raise ConfigError(
-                f"--dataset {dataset}, but the models were trained on {meta['dataset']}"
-            )
-        return meta["dataset"], meta
-    if dataset is None:
-        raise ConfigError("no model records its dataset: pass --dataset")
-    return dataset, {}
 
 
 def _clean(value: Any) -> Any:
@@ -117,31 +54,25 @@ def _clean(value: Any) -> Any:
 
 
 def run_analysis(
+    config: RunConfig,
     *,
     teacher: str,
     models: Sequence[tuple[str, str]],
-    out: str | Path,
-    dataset: str | None = None,
-    root: str | None = None,
+    dataset_given: bool = False,
     classes_pair: tuple[int, int] | None = None,
     samples: int = 100,
     corr_samples: int = 1000,
-    eps: float | None = None,
-    step_size: float | None = None,
     steps: int = 20,
     corr_attack: str = "student",
     tsne_attacker: str = "self",
     tsne_targeted: bool = True,
     tsne_only_fooled: bool = False,
-    batch_size: int = 512,
-    split: str = "test",
-    device: str = "auto",
-    seed: int = 0,
 ) -> dict[str, Any]:
     """Correlation differences (teacher vs each model) and a t-SNE panel per model (teacher
-    first); writes correlation_<model>.png, tsne.png and analysis.json under `out` and
-    returns the JSON payload."""
-    paths = _check_models(teacher, models)
+    first), on the data, split, budget, seed and device `config` sets (its dataset only if
+    `dataset_given`, else the one the models record); writes correlation_<model>.png,
+    tsne.png and analysis.json under `config.out` and returns the JSON payload."""
+    paths = check_models(teacher, models)
     if corr_attack not in ("student", "teacher"):
         raise ConfigError(f"corr_attack must be 'student' or 'teacher', got '{corr_attack}'")
     if tsne_attacker != "self" and tsne_attacker not in paths:
@@ -150,16 +81,17 @@ def run_analysis(
         )
     if samples < 1 or corr_samples < 2:
         raise ConfigError("samples must be >= 1 and correlation samples >= 2")
-    if split not in ("test", "val", "train"):
-        raise ConfigError(f"split must be test, val or train, got '{split}'")
-    name, meta = _common_dataset(paths, dataset)
-
-    config = RunConfig(device=device)
+    name, meta = common_dataset(paths, config.data.name if dataset_given else None)
     config.data.name = name
-    config.data.root = root
     config.data.classes = meta.get("classes")
     config.data.resize = meta.get("resize")
-    torch_device = resolve_device(device)
+    seed, split, batch_size, out = (
+        config.seed,
+        config.eval.split,
+        config.data.eval_batch_size,
+        config.out,
+    )
+    torch_device = resolve_device(config.device)
     # Models first: a wrong class index or architecture fails before a large dataset loads.
     loaded = {n: load_model(p, torch_device) for n, p in paths.items()}
     c = int(loaded[TEACHER].spec["num_classes"])
@@ -175,18 +107,9 @@ def run_analysis(
     data = prepare_data(config, torch_device)
     raw = data.raw
     for model_name, model in loaded.items():
-        spec = model.spec
-        if spec["num_classes"] != raw.num_classes or spec["in_channels"] != raw.image_shape[0]:
-            raise ConfigError(
-                f"{model_name}: {paths[model_name]} has {spec['num_classes']} classes and "
-                f"{spec['in_channels']} channels; dataset '{name}' has {raw.num_classes} and "
-                f"{raw.image_shape[0]}"
-            )
-    attack = AttackSpec(
-        eps=data.defaults.eps if eps is None else eps,
-        step_size=data.defaults.step_size if step_size is None else step_size,
-        steps=steps,
-    )
+        check_model_fits(model, raw, f"{model_name}: {paths[model_name]}")
+    eps, step_size = eval_budget(config, data.defaults)
+    attack = AttackSpec(eps=eps, step_size=step_size, steps=steps)
     split_data = data.split(split)
 
     # Correlations: the same fixed-seed subset of the split for every model.
@@ -343,25 +266,34 @@ def summary_lines(payload: dict[str, Any]) -> list[str]:
     return lines
 
 
+FLAG_KEYS = {
+    "dataset": "data.name",
+    "data_root": "data.root",
+    "split": "eval.split",
+    "eps": "eval.eps",
+    "step_size": "eval.step_size",
+    "batch_size": "data.eval_batch_size",
+    "seed": "seed",
+    "device": "device",
+    "out": "out",
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    config, given = config_from_flags(args, FLAG_KEYS)
     payload = run_analysis(
+        config,
         teacher=args.teacher,
         models=parse_model_args(args.models),
-        out=args.out,
-        dataset=args.dataset,
-        root=args.data_root,
+        dataset_given="data.name" in given,
         classes_pair=parse_pair(args.classes_pair) if args.classes_pair else None,
         samples=args.samples,
         corr_samples=args.corr_samples,
-        eps=args.eps,
-        step_size=args.step_size,
         steps=args.steps,
         corr_attack=args.corr_attack,
         tsne_attacker=args.tsne_attacker,
         tsne_targeted=not args.tsne_untargeted,
         tsne_only_fooled=args.tsne_only_fooled,
-        device=args.device,
-        seed=args.seed,
     )
     print("\n".join(summary_lines(payload)))
     figures = ", ".join(Path(f).name for f in payload["figures"].values())
@@ -400,7 +332,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tsne-only-fooled", action="store_true", help="keep adversarial b classified as a"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", choices=["test", "val", "train"], help="default: test")
+    p.add_argument("--batch-size", type=int, help="attack batch (default 512)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="output directory")
+    add_overrides(p, "data.root=/data/cifar10 eval.eps=0.0314")
     p.set_defaults(func=run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,9 @@ def summarise_seeds(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[st
         }
         entry["seeds"] = [r["seed"] for r in group]
         for key in keys:
-            values = [r[key] for r in group]
-            mean = sum(values) / len(values)
-            var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+            mean, std = summarise([r[key] for r in group])
             entry[key] = mean
-            entry[f"{key}_std"] = var**0.5
+            entry[f"{key}_std"] = 0.0 if math.isnan(std) else std  # one seed: no spread
         out.append(entry)
     return out
 

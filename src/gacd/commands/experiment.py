@@ -9,7 +9,7 @@ from pathlib import Path
 from gacd.commands.common import add_overrides
 from gacd.engine.distributed import is_main
 from gacd.experiments import load_experiment, plan_experiment, run_experiment, write_report
-from gacd.experiments.runner import describe_plan
+from gacd.experiments.records import describe_plan
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,9 @@ from gacd.experiments.plan import (
     load_experiment,
     plan_experiment,
 )
+from gacd.experiments.records import collect_results
 from gacd.experiments.report import render_report, write_report
-from gacd.experiments.runner import collect_results, run_experiment
+from gacd.experiments.runner import run_experiment
 from gacd.experiments.spec import ExperimentConfig
 
 __all__ = [

@@ -10,122 +10,29 @@ sample counts), so tiny files in CIFAR's format are never called CIFAR results.
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from gacd.data import DATASETS
 from gacd.errors import RunDirectoryError
 from gacd.evaluation.results import markdown_table, masking_warnings
-from gacd.experiments.paper import PAPER, PaperTable
-from gacd.methods import METHODS
-from gacd.models import MODELS
+from gacd.experiments.paper import PaperTable
+from gacd.experiments.report_format import (
+    arch_label,
+    attack_label,
+    attacks_of,
+    dataset_label,
+    describe_data,
+    fmt,
+    records_of,
+    seed_note,
+    teacher_title,
+    values_of,
+)
+from gacd.experiments.report_sections import PLOTS, paper_table, sweep_section, transfer_section
 
 REPORT = "report.md"
-PLOTS = "plots"
-
-
-def attack_label(name: str) -> str:
-    if name == "natural":
-        return "Nat."
-    if name == "autoattack":
-        return "AutoAttack"
-    match = re.fullmatch(r"(pgd|cw)(\d*)", name)
-    if match:
-        kind = match.group(1).upper()
-        return f"{kind}-{match.group(2)}" if match.group(2) else kind
-    return name.upper()
-
-
-def arch_label(name: str | None) -> str:
-    return MODELS.get(name).label if name in MODELS else name or "?"
-
-
-def dataset_label(name: str) -> str:
-    return DATASETS.get(name).label if name in DATASETS else name
-
-
-def method_label(name: str) -> str:
-    return (METHODS.get(name).label or name) if name in METHODS else name
-
-
-def describe_data(info: dict[str, Any] | None) -> tuple[str, bool]:
-    """What the data really was, and whether it is the full named dataset."""
-    if not info:
-        return "unknown data", False
-    name = info.get("name", "?")
-    record = DATASETS.get(name) if name in DATASETS else None
-    pretty = dataset_label(name)
-    n_train, n_test = info.get("train_samples"), info.get("test_samples")
-    full = record is not None and record.is_full(n_train, n_test) and not info.get("classes")
-    counts = f"{n_train} train (incl. validation) / {n_test} test images"
-    extra = ""
-    if info.get("classes"):
-        extra += f", classes {info['classes']} relabelled 0..{len(info['classes']) - 1}"
-    if info.get("resize"):
-        extra += f", resized to {info['resize']}x{info['resize']}"
-    if full:
-        return f"{pretty} ({counts}{extra})", True
-    if record is not None and record.needs_root:  # read from files anyone could write
-        return f"files in {pretty}'s format, NOT the {pretty} dataset ({counts}{extra})", False
-    return f"{pretty} ({counts}{extra})", False
-
-
-def summarise(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (nan for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "—"
-    mean, std = summarise(values)
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-
-
-# -- grouping -------------------------------------------------------------------------------
-def _records(results: dict[str, Any], kind: str, selection: str) -> list[dict[str, Any]]:
-    return [r for r in results["records"] if r["kind"] == kind and r["selection"] == selection]
-
-
-def _values(records: Iterable[dict[str, Any]], attack: str) -> list[float]:
-    return [r["accuracy"][attack] for r in records if attack in r["accuracy"]]
-
-
-def _attacks(records: list[dict[str, Any]]) -> list[str]:
-    seen: list[str] = []
-    for r in records:
-        for a in r["accuracy"]:
-            if a not in seen:
-                seen.append(a)
-    return seen
-
-
-def _teacher_title(results: dict[str, Any], name: str | None) -> str:
-    if name is None:
-        return "no teacher"
-    info = results["teachers"].get(name, {})
-    if info.get("path"):
-        return f"{info.get('label') or name} (exported: {info['path']})"
-    method = method_label(info.get("method") or "?")
-    return f"{info.get('label') or arch_label(info.get('arch'))} ({method})"
-
-
-def _seed_note(records: list[dict[str, Any]]) -> str:
-    counts = defaultdict(set)
-    for r in records:
-        counts[(r["stage"].rsplit("/", 1)[0], r["selection"])].add(r["seed"])
-    sizes = sorted({len(v) for v in counts.values()})
-    if not sizes or sizes == [1]:
-        return "one seed per cell"
-    return f"mean ± std (sample) over {'/'.join(map(str, sizes))} seeds per cell"
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -179,26 +86,21 @@ def _budget(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def _paper(results: dict[str, Any]) -> PaperTable | None:
-    key = results.get("paper")
-    return PAPER.get(key) if key else None
-
-
 def _teachers_section(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for selection in ("best", "last"):
-        records = _records(results, "teacher", selection)
+        records = records_of(results, "teacher", selection)
         if not records:
             continue
-        attacks = _attacks(records)
+        attacks = attacks_of(records)
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
             groups[r["teacher"]].append(r)
         datasets = {name: describe_data(recs[0].get("dataset"))[0] for name, recs in groups.items()}
         mixed = len(set(datasets.values())) > 1  # a data column only where teachers differ
         rows = [
-            [name, _teacher_title(results, name), *([datasets[name]] if mixed else [])]
-            + [fmt(_values(recs, a)) for a in attacks]
+            [name, teacher_title(results, name), *([datasets[name]] if mixed else [])]
+            + [fmt(values_of(recs, a)) for a in attacks]
             for name, recs in groups.items()
         ]
         headers = ["teacher", "model", *(["data"] if mixed else [])]
@@ -208,10 +110,10 @@ def _teachers_section(results: dict[str, Any]) -> list[str]:
             "",
             markdown_table(headers + [attack_label(a) for a in attacks], rows),
             "",
-            f"{_seed_note(records)}.",
+            f"{seed_note(records)}.",
             "",
         ]
-    paper = _paper(results)
+    paper = paper_table(results)
     if paper is not None and paper.kind == "teachers" and lines:
         rows = [
             [paper.printed.get(arch, arch), dataset_label(ds), nat, adv]
@@ -244,10 +146,10 @@ def _students_section(results: dict[str, Any]) -> list[str]:
     sweep = results.get("sweep")
     dotted = sweep is not None and sweep["param"] not in ("method", "arch", "seed")
     lines: list[str] = []
-    paper = _paper(results)
+    paper = paper_table(results)
     paper_shown = False
     for selection in ("best", "last"):
-        records = _records(results, "student", selection)
+        records = records_of(results, "student", selection)
         swept = [r for r in records if r["sweep_value"] is not None] if dotted else []
         if swept:
             records = [r for r in records if r["sweep_value"] is None]
@@ -256,7 +158,7 @@ def _students_section(results: dict[str, Any]) -> list[str]:
                 lines += [f"{', '.join(names)}: see the sweep below.", ""]
         if not records:
             continue
-        attacks = _attacks(records)
+        attacks = attacks_of(records)
         archs = [a for a in results["archs"] if any(r["arch"] == a for r in records)]
         methods = [m for m in results["methods"] if any(r["method"] == m for r in records)]
         teachers = [t for t in results["teachers"] if any(r["teacher"] == t for r in records)]
@@ -270,7 +172,7 @@ def _students_section(results: dict[str, Any]) -> list[str]:
             rows = []
             for method in methods:
                 cells = [
-                    fmt(_values(_student_cells(records, teacher, arch, method), a))
+                    fmt(values_of(_student_cells(records, teacher, arch, method), a))
                     for arch in archs
                     for a in attacks
                 ]
@@ -284,12 +186,12 @@ def _students_section(results: dict[str, Any]) -> list[str]:
                     label += " (no teacher)"
                 rows.append([label, *cells])
             lines += [
-                f"### Teacher {_teacher_title(results, teacher)} → students, ours (measured), "
+                f"### Teacher {teacher_title(results, teacher)} → students, ours (measured), "
                 f"{title}",
                 "",
                 markdown_table(headers, rows),
                 "",
-                f"{_seed_note(records)}.",
+                f"{seed_note(records)}.",
                 "",
             ]
             if selection == "best" and paper is not None and paper.kind == "students":
@@ -336,159 +238,6 @@ def _paper_students(
         "",
         *([*notes, ""] if notes else []),
     ]
-
-
-def _sweep_section(results: dict[str, Any], run_dir: Path) -> list[str]:
-    sweep = results.get("sweep")
-    if sweep is None:
-        return []
-    param = sweep["param"]
-    axis = {"method": "method", "arch": "arch", "seed": "seed"}.get(param)
-    records = [
-        r
-        for r in _records(results, "student", "best")
-        if r["sweep_value"] is not None or axis is not None
-    ]
-    if not records:
-        return []
-    attacks = _attacks(records)
-    label = sweep.get("label") or param
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        key = tuple(r[k] for k in ("teacher", "arch", "method") if k != axis)
-        groups[key].append(r)
-    lines = [f"## Sweep over {label}", ""]
-    values = sweep["values"]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    for key, recs in groups.items():
-        parts = dict(zip([k for k in ("teacher", "arch", "method") if k != axis], key, strict=True))
-        name = f"Teacher {_teacher_title(results, parts.get('teacher'))}"
-        if "arch" in parts:
-            name += f" → {arch_label(parts['arch'])}"
-        if "method" in parts:
-            name += f", {results['methods'].get(parts['method'], parts['method'])}"
-        rows, series = [], {attack_label(a): ([], []) for a in attacks}
-        for value in values:
-            cell = [r for r in recs if r["sweep_value"] == value]
-            rows.append([value, *[fmt(_values(cell, a)) for a in attacks]])
-            for a in attacks:
-                vals = _values(cell, a)
-                mean, std = summarise(vals) if vals else (math.nan, math.nan)
-                series[attack_label(a)][0].append(mean)
-                series[attack_label(a)][1].append(std)
-        lines += [
-            f"### {name}",
-            "",
-            markdown_table([label] + [attack_label(a) for a in attacks], rows),
-            "",
-            f"{_seed_note(recs)}; best-on-validation models.",
-            "",
-        ]
-        if numeric and len(values) > 1:
-            lines += _sweep_plot(run_dir, param, label, key, values, series, sweep.get("log_x"))
-    paper = _paper(results)
-    if paper is not None and paper.kind == "figure":
-        lines += [f"Paper (reported): *{paper.caption}*", "", *[f"> {n}" for n in paper.notes], ""]
-    return lines
-
-
-def _sweep_plot(
-    run_dir: Path,
-    param: str,
-    label: str,
-    key: tuple[Any, ...],
-    values: list[Any],
-    series: dict[str, tuple[list[float], list[float]]],
-    log_x: bool | None,
-) -> list[str]:
-    try:
-        from gacd.evaluation.plots import line_plot_with_spread
-    except ImportError:  # the plotting module is optional for a report
-        return ["(plot skipped: gacd.evaluation.plots is not available)", ""]
-    positive = all(v > 0 for v in values)
-    if log_x is None:
-        log_x = positive and max(values) / min(values) >= 100
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(str(k) for k in (param, *key)))
-    path = run_dir / PLOTS / f"sweep_{slug}.png"
-    line_plot_with_spread(
-        [float(v) for v in values],
-        series,
-        xlabel=label,
-        ylabel="accuracy (%)",
-        path=path,
-        log_x=bool(log_x and positive),
-    )
-    rel = path.relative_to(run_dir).as_posix()
-    return [f"![{label} sweep]({rel})", ""]
-
-
-def _transfer_section(results: dict[str, Any]) -> list[str]:
-    transfer = results.get("transfer")
-    records = _records(results, "transfer", "last")  # the probe's last epoch
-    if not transfer or not records:
-        return []
-    targets = [t for t in transfer["targets"] if any(r["target"] == t for r in records)]
-    attacks = _attacks(records)
-    headers = ["Source model"] + [
-        f"{transfer['targets'][t].get('label') or t} {attack_label(a)}"
-        for t in targets
-        for a in attacks
-    ]
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        source_kind = "teacher" if r["source"].startswith("teachers/") else "student"
-        groups[(source_kind, r["teacher"], r["arch"], r["method"], r["sweep_value"])].append(r)
-    multi = len({(k[1], k[2]) for k in groups if k[0] == "student"}) > 1
-    rows = []
-    for (source_kind, teacher, arch, method, value), recs in groups.items():
-        if source_kind == "teacher":
-            label = f"Teacher {_teacher_title(results, teacher)}"
-        else:
-            label = results["methods"].get(method, method)
-            if multi:
-                label += f" ({teacher or 'no teacher'} → {arch})"
-        if value is not None and source_kind == "student":
-            label += f" [{value}]"
-        rows.append(
-            [
-                label,
-                *[
-                    fmt(_values([r for r in recs if r["target"] == t], a))
-                    for t in targets
-                    for a in attacks
-                ],
-            ]
-        )
-    lines = ["## Transfer: linear probe on frozen features", ""]
-    for t in targets:
-        info = next(r["dataset"] for r in records if r["target"] == t)
-        lines.append(f"- **{transfer['targets'][t].get('label') or t}:** {describe_data(info)[0]}")
-    lines += ["", markdown_table(headers, rows), "", f"{_seed_note(records)}.", ""]
-    paper = _paper(results)
-    if paper is not None and paper.kind == "transfer":
-        p_headers = ["Method"] + [
-            f"{paper.printed.get(t, dataset_label(t))} {c}"
-            for t in ("stl10", "cifar100")
-            for c in ("Nat.", "Adv.")
-        ]
-        p_rows = []
-        for method in ("teacher", "kd", "ard", "gacd"):
-            cells = [
-                v for t in ("stl10", "cifar100") for v in paper.cells.get((t, method), ("—", "—"))
-            ]
-            label = paper.printed.get(method, results["methods"].get(method, method))
-            p_rows.append([label, *cells])
-        lines += [
-            "### Transfer, paper (reported)",
-            "",
-            f"*{paper.caption}* Adv. = {paper.attack}. Not measured by us.",
-            "",
-            markdown_table(p_headers, p_rows),
-            "",
-            *[f"> {n}" for n in paper.notes],
-            "",
-        ]
-    return lines
 
 
 def _warnings_section(results: dict[str, Any]) -> list[str]:
@@ -561,8 +310,8 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         _header(results),
         _teachers_section(results),
         _students_section(results),
-        _sweep_section(results, run_dir),
-        _transfer_section(results),
+        sweep_section(results, run_dir),
+        transfer_section(results),
         _warnings_section(results),
         _analysis_section(run_dir),
         _stages_section(results),
