@@ -24,6 +24,7 @@ from gacd.experiments import (
     plan_experiment,
     run_experiment,
 )
+from gacd.experiments.report_format import summarise
 from gacd.progress import say
 
 DEMO_EXPERIMENT = Path(__file__).with_name("demo.yaml")
