@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gacd.cli import main
-from gacd.config import ConfigError
 from gacd.engine.export import load_model
+from gacd.errors import ConfigError
 from gacd.evaluation import autoattack as aa_module
 from gacd.evaluation.autoattack import (
     MISSING_MESSAGE,

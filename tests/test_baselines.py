@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gacd.attacks import AttackSpec
-from gacd.config import ConfigError, load_run_config
+from gacd.config import load_run_config
 from gacd.data import Batch, DeviceSplit, read_dataset
+from gacd.errors import ConfigError
 from gacd.methods import Method, MethodContext, build_method, method_options
 from gacd.models import ImageClassifier, build_model
 

@@ -7,15 +7,9 @@ import dataclasses
 
 import pytest
 
-from gacd.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    from_dict,
-    load_run_config,
-    parse_override,
-    to_dict,
-)
+from gacd.config import RunConfig, load_run_config
+from gacd.errors import ConfigError
+from gacd.options import apply_overrides, from_dict, parse_override, to_dict
 
 
 def _error(overrides: list[str]) -> str:

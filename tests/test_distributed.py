@@ -19,12 +19,13 @@ from torch import nn
 import gacd.engine.distributed as distributed
 from conftest import TEACHER_OVERRIDES
 from ddp_worker import trace_steps, validation_pgd5
-from gacd.config import ConfigError, load_run_config
+from gacd.config import load_run_config
 from gacd.data import Augment, augment_batch
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.distributed import sync_batchnorm
 from gacd.engine.export import export_model, load_model
 from gacd.engine.logging import read_metrics
+from gacd.errors import ConfigError
 from gacd.models import build_model
 from gacd.training import build_trainer
 

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import gacd.engine.trainer as trainer_module
-from gacd.config import ConfigError
 from gacd.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
@@ -30,7 +29,7 @@ from gacd.engine.checkpoint import (
 from gacd.engine.export import export_model, load_model, load_model_meta
 from gacd.engine.logging import read_metrics
 from gacd.engine.schedule import lr_multiplier
-from gacd.errors import CheckpointError
+from gacd.errors import CheckpointError, ConfigError
 from gacd.models import build_model
 from gacd.training import build_trainer
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from gacd.cli import main
-from gacd.config import ConfigError
+from gacd.errors import ConfigError
 from gacd.experiments import experiment_from_dict, load_experiment, plan_experiment
 from gacd.experiments.records import MARKER
 from gacd.experiments.report_format import describe_data, fmt, summarise

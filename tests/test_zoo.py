@@ -20,9 +20,9 @@ import torch
 import gacd
 from format_writers import write_cifar10
 from gacd.cli import main
-from gacd.config import ConfigError
 from gacd.data import read_dataset
 from gacd.engine.export import load_model_meta
+from gacd.errors import ConfigError
 from gacd.models import zoo_download
 from gacd.models.zoo import (
     ENV_ROOT,

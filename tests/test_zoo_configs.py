@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from format_writers import write_cifar10
-from gacd.config import ConfigError
+from gacd.errors import ConfigError
 from gacd.experiments import load_experiment, plan_experiment, run_experiment
 from gacd.methods import method_names
 from gacd.models.zoo import find_entry, is_zoo_id

@@ -11,15 +11,7 @@ import torch
 import yaml
 
 from gacd.attacks import AttackSpec
-from gacd.config import (
-    ConfigError,
-    RunConfig,
-    changed_keys,
-    from_dict,
-    load_yaml,
-    to_dict,
-    training_settings,
-)
+from gacd.config import RunConfig, changed_keys, training_settings
 from gacd.data import (
     Augment,
     DatasetDefaults,
@@ -36,11 +28,12 @@ from gacd.engine.distributed import init_from_env, is_distributed, is_main, rank
 from gacd.engine.export import load_model
 from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Trainer, TrainResult
-from gacd.errors import RunDirectoryError
+from gacd.errors import ConfigError, RunDirectoryError
 from gacd.evaluation.results import evaluate_model
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodContext, build_method
 from gacd.models import ImageClassifier, build_model
+from gacd.options import from_dict, load_yaml, to_dict
 from gacd.progress import interactive, say
 
 

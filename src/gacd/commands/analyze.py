@@ -22,8 +22,9 @@ from gacd.commands.analysis_inputs import (
     parse_pair,
 )
 from gacd.commands.common import add_overrides, config_from_flags
-from gacd.config import ConfigError, RunConfig
+from gacd.config import RunConfig
 from gacd.engine.export import load_model
+from gacd.errors import ConfigError
 from gacd.evaluation.analysis import (
     POINT_KINDS,
     correlation_analysis,

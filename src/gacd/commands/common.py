@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gacd.config import RunConfig, load_run_config, parse_override
+from gacd.config import RunConfig, load_run_config
+from gacd.options import parse_override
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str) -> None:

@@ -4,13 +4,8 @@
 report (`write_report`).
 """
 
-from gacd.experiments.plan import (
-    Plan,
-    Stage,
-    experiment_from_dict,
-    load_experiment,
-    plan_experiment,
-)
+from gacd.experiments.loading import experiment_from_dict, load_experiment
+from gacd.experiments.plan import Plan, Stage, plan_experiment
 from gacd.experiments.records import collect_results
 from gacd.experiments.report import render_report, write_report
 from gacd.experiments.runner import run_experiment

@@ -15,25 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gacd.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    from_dict,
-    load_yaml,
-    to_dict,
-    validate_method_section,
-)
+from gacd.config import RunConfig, validate_method_section
+from gacd.errors import ConfigError
 from gacd.experiments.probe import transfer_settings
 from gacd.experiments.spec import (
     SPECIAL_SWEEPS,
     ExperimentConfig,
     TeacherSpec,
     deep_merge,
-    parse_experiment,
     set_dotted,
 )
 from gacd.methods import method_class, recipe
+from gacd.options import from_dict, to_dict
 
 NO_TEACHER = "no_teacher"  # directory of students trained without a teacher (PGD-AT...)
 TEACHER_FILE = "model_best.pt"  # teachers: best on validation (adversarial accuracy)
@@ -392,25 +385,3 @@ def plan_experiment(exp: ExperimentConfig) -> Plan:
         )
     planner.transfer()
     return Plan(planner.stages)
-
-
-def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Build and check an ExperimentConfig: keys, types, and every stage's RunConfig (by
-    planning it)."""
-    exp = parse_experiment(data)
-    plan_experiment(exp)
-    return exp
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML, apply dotted overrides (e.g. base.optim.epochs=1), check it."""
-    written = load_yaml(path)
-    exp = experiment_from_dict(apply_overrides(written, overrides or []))
-    try:  # overrides may be what makes the file valid: then there is nothing to compare
-        as_written = experiment_from_dict(written) if overrides else exp
-    except ConfigError:
-        return exp
-    exp.file_epochs = {
-        key: stage.config.optim.epochs for key, stage in plan_experiment(as_written).stages.items()
-    }
-    return exp

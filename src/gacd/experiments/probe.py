@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gacd.config import RunConfig, apply_overrides, from_dict, validate_method_section
+from gacd.config import RunConfig, validate_method_section
 from gacd.engine.export import load_model, load_model_meta
 from gacd.errors import CheckpointError
 from gacd.evaluation.results import markdown_table, write_results
 from gacd.evaluation.robust import parse_attack
 from gacd.experiments.spec import deep_merge
+from gacd.options import apply_overrides, from_dict
 from gacd.training import eval_budget, evaluate_configured, prepare_data, resolve_device, train
 
 DEFAULT_ATTACKS = ("natural", "pgd7")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from gacd.config import RunConfig, to_dict, training_settings
+from gacd.config import RunConfig, training_settings
 from gacd.data import dataset_info
 from gacd.engine.distributed import barrier, init_from_env, is_main
 from gacd.engine.export import load_model, load_model_meta, model_file
@@ -48,6 +48,7 @@ from gacd.experiments.records import (
 from gacd.experiments.report import write_report
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
 from gacd.models.zoo import is_zoo_id
+from gacd.options import to_dict
 from gacd.progress import remaining
 from gacd.training import (
     PreparedData,

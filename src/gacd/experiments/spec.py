@@ -15,10 +15,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from gacd.config import ConfigError, from_dict
+from gacd.errors import ConfigError
 from gacd.evaluation.robust import parse_attack
 from gacd.experiments.paper import PAPER
 from gacd.methods import stage_kinds
+from gacd.options import from_dict
 
 
 @dataclass

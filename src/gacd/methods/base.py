@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import Objective
-from gacd.config import ConfigError, from_dict
 from gacd.data import Batch
-from gacd.errors import UnknownName
+from gacd.errors import ConfigError, UnknownName
 from gacd.methods.recipes import STUDENT_KIND, TEACHER_KIND, Recipe, single_stage
 from gacd.models import ImageClassifier
+from gacd.options import from_dict
 from gacd.registry import Registry
 
 

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy, feature_transport, kl_to_reference
 from gacd.attacks.pgd import Objective
-from gacd.config import check_range
 from gacd.contrastive import (
     ClassAwareNegativeSampler,
     EmbeddingHead,
@@ -31,6 +30,7 @@ from gacd.engine.distributed import all_gather_cat, is_distributed
 from gacd.methods.base import Method, MethodContext, register_method
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 from gacd.methods.recipes import Recipe, StageTemplate
+from gacd.options import check_range
 
 
 @dataclass
