@@ -29,6 +29,17 @@ from gacd.training import PreparedData, prepare_data, train
 # on a busy 2-core machine cost many times their work: one thread unless asked otherwise.
 torch.set_num_threads(max(1, min(2, int(os.environ.get("GACD_TEST_THREADS", "1")))))
 
+# The `base` of the tests' tiny experiments (`gacd run`): one epoch, one-step attacks,
+# 64 evaluation samples; the stages' numbers are meaningless, the plumbing is checked.
+TINY_EXPERIMENT_BASE = {
+    "device": "cpu",
+    "progress": False,
+    "data": {"name": "digits", "batch_size": 256},
+    "attack": {"steps": 1, "step_size": 0.2},
+    "eval": {"val_attack_steps": 1, "max_samples": 64},
+    "optim": {"epochs": 1, "lr": 0.05},
+}
+
 # Undefended reference: plain cross-entropy; selection by clean validation accuracy.
 UNDEFENDED_OVERRIDES = [
     "method.name=natural",

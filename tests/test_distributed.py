@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gacd.engine.distributed as distributed
-from conftest import TEACHER_OVERRIDES
+from conftest import TEACHER_OVERRIDES, TINY_EXPERIMENT_BASE
 from ddp_worker import trace_steps, validation_pgd5
 from gacd.config import load_run_config
 from gacd.data import Augment, augment_batch
@@ -316,14 +316,7 @@ RUN_EXPERIMENT = {
     "threads": 1,
     "seeds": [0],
     "attacks": ["natural", "pgd2"],
-    "base": {
-        "device": "cpu",
-        "progress": False,
-        "data": {"name": "digits", "batch_size": 128},
-        "attack": {"steps": 1, "step_size": 0.2},
-        "eval": {"val_attack_steps": 1, "max_samples": 64},
-        "optim": {"epochs": 1, "lr": 0.05},
-    },
+    "base": {**TINY_EXPERIMENT_BASE, "data": {"name": "digits", "batch_size": 128}},
     "stages": {"distill": {"method": {"ot_iterations": 5, "negatives": 64}}},
     "teachers": {"cnn": {"arch": "digits_cnn_small", "label": "small CNN"}},
     "students": {"archs": ["digits_cnn_small"], "methods": ["kd", "gacd"]},

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import TINY_EXPERIMENT_BASE
 from gacd.cli import main
 from gacd.errors import ConfigError
 from gacd.experiments import experiment_from_dict, load_experiment, plan_experiment
@@ -36,14 +37,7 @@ EXPERIMENT: dict[str, Any] = {
     "threads": 1,
     "seeds": [0],
     "attacks": ["natural", "pgd3"],
-    "base": {
-        "device": "cpu",
-        "progress": False,
-        "data": {"name": "digits", "batch_size": 256},
-        "attack": {"steps": 1, "step_size": 0.2},
-        "eval": {"val_attack_steps": 1, "max_samples": 64},
-        "optim": {"epochs": 1, "lr": 0.05},
-    },
+    "base": TINY_EXPERIMENT_BASE,
     "stages": {"distill": {"method": {"ot_iterations": 5}}},
     "teachers": {"cnn": {"arch": "digits_cnn_small", "label": "small CNN"}},
     "students": {"archs": ["digits_cnn_small"], "methods": ["kd", "gacd", "gacd_aft"]},

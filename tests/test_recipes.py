@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
+from conftest import TINY_EXPERIMENT_BASE
 from gacd.cli import main
 from gacd.data import Batch
 from gacd.errors import ConfigError
@@ -52,14 +53,7 @@ EXPERIMENT = {
     "smoke": True,
     "threads": 1,
     "attacks": ["natural", "pgd2"],
-    "base": {
-        "device": "cpu",
-        "progress": False,
-        "data": {"name": "digits", "batch_size": 256},
-        "attack": {"steps": 1, "step_size": 0.2},
-        "eval": {"val_attack_steps": 1, "max_samples": 64},
-        "optim": {"epochs": 1, "lr": 0.05},
-    },
+    "base": TINY_EXPERIMENT_BASE,
     # The new method's own stage kinds are configurable like GACD's.
     "stages": {"harden": {"optim": {"epochs": 2}}},
     "students": {"archs": ["digits_cnn_small"], "methods": ["warm_harden"]},

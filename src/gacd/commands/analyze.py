@@ -16,15 +16,15 @@ import torch
 from gacd.attacks import AttackSpec
 from gacd.commands.analysis_inputs import (
     TEACHER,
-    check_models,
-    common_dataset,
+    AnalysisInputs,
+    AnalysisOptions,
+    load_inputs,
     parse_model_args,
     parse_pair,
 )
 from gacd.commands.common import add_overrides, config_from_flags
 from gacd.config import RunConfig
-from gacd.engine.export import load_model
-from gacd.errors import ConfigError
+from gacd.data import DeviceSplit
 from gacd.evaluation.analysis import (
     POINT_KINDS,
     correlation_analysis,
@@ -32,10 +32,6 @@ from gacd.evaluation.analysis import (
     tsne_analysis,
 )
 from gacd.evaluation.plots import correlation_heatmaps, tsne_grid
-from gacd.training import check_model_fits, eval_budget, prepare_data, resolve_device
-
-# Bird and truck on CIFAR-10, the paper's pair; on other 10-class sets simply classes 2, 9.
-DEFAULT_PAIR = (2, 9)
 
 
 def _clean(value: Any) -> Any:
@@ -60,102 +56,107 @@ def run_analysis(
     teacher: str,
     models: Sequence[tuple[str, str]],
     dataset_given: bool = False,
-    classes_pair: tuple[int, int] | None = None,
-    samples: int = 100,
-    corr_samples: int = 1000,
-    steps: int = 20,
-    corr_attack: str = "student",
-    tsne_attacker: str = "self",
-    tsne_targeted: bool = True,
-    tsne_only_fooled: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Correlation differences (teacher vs each model) and a t-SNE panel per model (teacher
     first), on the data, split, budget, seed and device `config` sets (its dataset only if
-    `dataset_given`, else the one the models record); writes correlation_<model>.png,
-    tsne.png and analysis.json under `config.out` and returns the JSON payload."""
-    paths = check_models(teacher, models)
-    if corr_attack not in ("student", "teacher"):
-        raise ConfigError(f"corr_attack must be 'student' or 'teacher', got '{corr_attack}'")
-    if tsne_attacker != "self" and tsne_attacker not in paths:
-        raise ConfigError(
-            f"t-SNE attacker '{tsne_attacker}' is neither 'self' nor one of: {', '.join(paths)}"
-        )
-    if samples < 1 or corr_samples < 2:
-        raise ConfigError("samples must be >= 1 and correlation samples >= 2")
-    name, meta = common_dataset(paths, config.data.name if dataset_given else None)
-    config.data.name = name
-    config.data.classes = meta.get("classes")
-    config.data.resize = meta.get("resize")
-    seed, split, batch_size, out = (
-        config.seed,
-        config.eval.split,
-        config.data.eval_batch_size,
-        config.out,
+    `dataset_given`, else the one the models record), with `options` as AnalysisOptions
+    takes them; writes correlation_<model>.png, tsne.png and analysis.json under
+    `config.out` and returns the JSON payload."""
+    opts = AnalysisOptions(**options)
+    inputs = load_inputs(config, teacher, models, dataset_given, opts)
+    split = inputs.data.split(config.eval.split)
+    correlation, n_corr = _correlations(inputs, split, config, opts)
+    images_a, images_b = sample_class_images(split, inputs.pair, opts.samples, config.seed)
+    embeddings = tsne_analysis(
+        inputs.models,
+        images_a,
+        images_b,
+        inputs.pair,
+        inputs.attack,
+        attacker=None if opts.tsne_attacker == "self" else inputs.models[opts.tsne_attacker],
+        targeted=opts.tsne_targeted,
+        only_fooled=opts.tsne_only_fooled,
+        batch_size=config.data.eval_batch_size,
+        seed=config.seed,
     )
-    torch_device = resolve_device(config.device)
-    # Models first: a wrong class index or architecture fails before a large dataset loads.
-    loaded = {n: load_model(p, torch_device) for n, p in paths.items()}
-    c = int(loaded[TEACHER].spec["num_classes"])
-    a, b = classes_pair if classes_pair is not None else (DEFAULT_PAIR if c >= 10 else (0, 1))
-    for k in (a, b):
-        if not 0 <= k < c:
-            raise ConfigError(
-                f"class index {k} is out of range: the models have classes 0..{c - 1}"
-            )
-    if a == b:
-        raise ConfigError(f"--classes-pair needs two different classes, got {a},{b}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(out, inputs, config.data.name, correlation, embeddings, opts)
+    payload = _clean(
+        {
+            "dataset": config.data.name,
+            "classes": inputs.meta.get("classes"),
+            "resize": inputs.meta.get("resize"),
+            "split": config.eval.split,
+            "class_names": inputs.data.raw.class_names,
+            "teacher": teacher,
+            "models": {n: p for n, p in inputs.paths.items() if n != TEACHER},
+            "attack": {
+                "eps": inputs.attack.eps,
+                "step_size": inputs.attack.step_size,
+                "steps": inputs.attack.steps,
+                "describe": inputs.attack.describe(),
+            },
+            "seed": config.seed,
+            "correlation": _correlation_payload(correlation, n_corr, inputs.attack, opts),
+            "tsne": _tsne_payload(embeddings, inputs, opts),
+            "figures": figures,
+        }
+    )
+    (out / "analysis.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    return payload
 
-    data = prepare_data(config, torch_device)
-    raw = data.raw
-    for model_name, model in loaded.items():
-        check_model_fits(model, raw, f"{model_name}: {paths[model_name]}")
-    eps, step_size = eval_budget(config, data.defaults)
-    attack = AttackSpec(eps=eps, step_size=step_size, steps=steps)
-    split_data = data.split(split)
 
-    # Correlations: the same fixed-seed subset of the split for every model.
-    n_corr = min(corr_samples, len(split_data))
-    order = torch.randperm(len(split_data), generator=torch.Generator().manual_seed(seed))
-    batch = split_data.batch_at(order[:n_corr].sort().values)
-    correlation = {}
-    for model_name, model in loaded.items():
-        if model_name == TEACHER:
-            continue
-        correlation[model_name] = correlation_analysis(
-            loaded[TEACHER],
+def _correlations(
+    inputs: AnalysisInputs, split: DeviceSplit, config: RunConfig, opts: AnalysisOptions
+) -> tuple[dict[str, Any], int]:
+    """Teacher-vs-model logit correlations on the same fixed-seed subset for every model."""
+    n_corr = min(opts.corr_samples, len(split))
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(config.seed))
+    batch = split.batch_at(order[:n_corr].sort().values)
+    correlation = {
+        model_name: correlation_analysis(
+            inputs.models[TEACHER],
             model,
             batch.images,
             batch.labels,
-            attack,
-            attack=corr_attack,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            seed=seed,
+            inputs.attack,
+            attack=opts.corr_attack,  # type: ignore[arg-type]
+            batch_size=config.data.eval_batch_size,
+            seed=config.seed,
         )
+        for model_name, model in inputs.models.items()
+        if model_name != TEACHER
+    }
+    return correlation, n_corr
 
-    images_a, images_b = sample_class_images(split_data, (a, b), samples, seed)
-    embeddings = tsne_analysis(
-        loaded,
-        images_a,
-        images_b,
-        (a, b),
-        attack,
-        attacker=None if tsne_attacker == "self" else loaded[tsne_attacker],
-        targeted=tsne_targeted,
-        only_fooled=tsne_only_fooled,
-        batch_size=batch_size,
-        seed=seed,
+
+def _tsne_how(inputs: AnalysisInputs, opts: AnalysisOptions) -> str:
+    names = inputs.data.raw.class_names
+    crafted_by = (
+        "each model attacking itself" if opts.tsne_attacker == "self" else opts.tsne_attacker
     )
+    direction = f"PGD toward {names[inputs.pair[0]]}" if opts.tsne_targeted else "untargeted PGD"
+    return f"{direction}, crafted by {crafted_by}"
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _figures(
+    out: Path,
+    inputs: AnalysisInputs,
+    name: str,
+    correlation: dict[str, Any],
+    embeddings: dict[str, Any],
+    opts: AnalysisOptions,
+) -> dict[str, str]:
+    raw = inputs.data.raw
     # One colour scale for every student's heatmaps, so the figures compare at a glance.
     vmax = max(
         (float(r.difference.max()) for pair in correlation.values() for r in pair.values()),
         default=1.0,
     )
-    figures = {}
-    for model_name, pair in correlation.items():
-        figures[f"correlation_{model_name}"] = str(
+    figures = {
+        f"correlation_{model_name}": str(
             correlation_heatmaps(
                 pair["natural"].difference,
                 pair["adversarial"].difference,
@@ -165,77 +166,68 @@ def run_analysis(
                 vmax=vmax,
             )
         )
-    names_ab = (raw.class_names[a], raw.class_names[b])
-    crafted_by = "each model attacking itself" if tsne_attacker == "self" else tsne_attacker
-    direction = f"PGD toward {names_ab[0]}" if tsne_targeted else "untargeted PGD"
-    tsne_how = f"{direction}, crafted by {crafted_by}"
+        for model_name, pair in correlation.items()
+    }
+    a, b = (raw.class_names[k] for k in inputs.pair)
     subtitles = {
-        n: f"adv {names_ab[1]} kept as {names_ab[1]}: {e.summary['adv_pred_b_percent']:.0f}%"
+        n: f"adv {b} kept as {b}: {e.summary['adv_pred_b_percent']:.0f}%"
         for n, e in embeddings.items()
     }
     figures["tsne"] = str(
         tsne_grid(
             {n: (e.coords, e.kinds) for n, e in embeddings.items()},
             out / "tsne.png",
-            class_names=names_ab,
+            class_names=(a, b),
             subtitles=subtitles,
-            title=f"t-SNE of penultimate features ({name}); adversarial {names_ab[1]}: "
-            f"{tsne_how}\n{attack.describe()}",
+            title=f"t-SNE of penultimate features ({name}); adversarial {b}: "
+            f"{_tsne_how(inputs, opts)}\n{inputs.attack.describe()}",
         )
     )
+    return figures
 
-    payload = _clean(
-        {
-            "dataset": name,
-            "classes": meta.get("classes"),
-            "resize": meta.get("resize"),
-            "split": split,
-            "class_names": raw.class_names,
-            "teacher": teacher,
-            "models": {n: p for n, p in paths.items() if n != TEACHER},
-            "attack": {
-                "eps": attack.eps,
-                "step_size": attack.step_size,
-                "steps": attack.steps,
-                "describe": attack.describe(),
-            },
-            "seed": seed,
-            "correlation": {
-                "attacked_model": corr_attack,
-                "attack": f"untargeted PGD on cross-entropy against the {corr_attack}: "
-                + attack.describe(),
-                "samples": n_corr,
-                "models": {
-                    n: {
-                        kind: {
-                            "summary": r.summary(),
-                            "corr_teacher": r.teacher,
-                            "corr_student": r.student,
-                            "difference": r.difference,
-                        }
-                        for kind, r in pair.items()
-                    }
-                    for n, pair in correlation.items()
-                },
-            },
-            "tsne": {
-                "classes": [a, b],
-                "class_names": list(names_ab),
-                "attacker": tsne_attacker,
-                "targeted": tsne_targeted,
-                "only_fooled": tsne_only_fooled,
-                "attack": f"{tsne_how} (on natural {names_ab[1]} images): {attack.describe()}",
-                "point_kinds": list(POINT_KINDS),
-                "models": {
-                    n: {"summary": e.summary, "coords": e.coords, "kinds": e.kinds}
-                    for n, e in embeddings.items()
-                },
-            },
-            "figures": figures,
-        }
-    )
-    (out / "analysis.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    return payload
+
+def _correlation_payload(
+    correlation: dict[str, Any], n_corr: int, attack: AttackSpec, opts: AnalysisOptions
+) -> dict[str, Any]:
+    return {
+        "attacked_model": opts.corr_attack,
+        "attack": f"untargeted PGD on cross-entropy against the {opts.corr_attack}: "
+        + attack.describe(),
+        "samples": n_corr,
+        "models": {
+            n: {
+                kind: {
+                    "summary": r.summary(),
+                    "corr_teacher": r.teacher,
+                    "corr_student": r.student,
+                    "difference": r.difference,
+                }
+                for kind, r in pair.items()
+            }
+            for n, pair in correlation.items()
+        },
+    }
+
+
+def _tsne_payload(
+    embeddings: dict[str, Any], inputs: AnalysisInputs, opts: AnalysisOptions
+) -> dict[str, Any]:
+    a, b = inputs.pair
+    names = inputs.data.raw.class_names
+    return {
+        "classes": [a, b],
+        "class_names": [names[a], names[b]],
+        "attacker": opts.tsne_attacker,
+        "targeted": opts.tsne_targeted,
+        "only_fooled": opts.tsne_only_fooled,
+        "attack": f"{_tsne_how(inputs, opts)} (on natural {names[b]} images): "
+        f"{inputs.attack.describe()}",
+        "point_kinds": list(POINT_KINDS),
+        "models": {
+            n: {"summary": e.summary, "coords": e.coords, "kinds": e.kinds}
+            for n, e in embeddings.items()
+        },
+    }
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -93,49 +93,47 @@ def collect_results(
             wanted = wanted_attacks(exp, stage, selection)
             if any(a not in entry["accuracy"] for a in wanted):
                 continue  # evaluated for another experiment; this one's run has not reached it
+            ran = seconds.get(stage.key, {})
             records.append(
                 {
-                    "kind": "transfer"
-                    if stage.kind == "transfer"
-                    else "teacher"
-                    if stage.kind == "teacher"
-                    else "student",
-                    "stage": stage.key,
-                    "teacher": stage.teacher,
-                    "arch": stage.arch or stage.config.model.arch,
-                    "method": stage.method,
-                    "seed": stage.seed,
-                    "sweep_value": stage.sweep_value,
-                    "target": stage.target,
-                    "source": stage.source,
-                    "selection": selection,
-                    "epoch": entry.get("epoch"),
-                    "accuracy": {a: entry["accuracy"][a] for a in wanted},
-                    "attacks": {a: entry["attacks"][a] for a in wanted},
-                    "samples": entry.get("samples"),
-                    "checkpoint": entry["file"],
-                    "external": stage.external_model is not None,
+                    **_record(stage, selection, entry, wanted),
                     "train_seconds": total,
                     "eval_seconds": evaluation.get("seconds"),
-                    "seconds": seconds.get(stage.key, {}).get("seconds"),
-                    "status": seconds.get(stage.key, {}).get("status"),
+                    "seconds": ran.get("seconds"),
+                    "status": ran.get("status"),
                     "dataset": evaluation.get("data"),
                 }
             )
-    sweep = exp.sweep
-    teachers = {}
+    return {
+        **_experiment_header(exp, plan),
+        "data": data_info,
+        "records": records,
+        "stages": summary or [],
+        "finished": False,
+    }
+
+
+def _teachers(exp: ExperimentConfig, plan: Plan) -> dict[str, dict[str, Any]]:
+    out = {}
     for name, spec in exp.teacher_specs.items():
         t_stage = next((s for s in plan.stages.values() if s.teacher == name), None)
         arch = spec.arch or (t_stage.config.model.arch if t_stage else None)
-        teachers[name] = {
+        out[name] = {
             "label": spec.label,
             "arch": arch if spec.path is None else None,
             "method": (spec.method or "pgd_at") if spec.path is None else None,
             "path": spec.path,
         }
-    methods = (
-        list(sweep.values) if sweep and sweep.param == "method" else list(exp.method_overrides)
-    )
+    return out
+
+
+def _experiment_header(exp: ExperimentConfig, plan: Plan) -> dict[str, Any]:
+    """What results.json says of the experiment itself (everything but its records)."""
+    sweep = exp.sweep
+    axis = sweep.param if sweep is not None else None
+    methods = list(sweep.values) if axis == "method" else list(exp.method_overrides)
+    archs = exp.students.archs if exp.students else []
+    transfer = exp.transfer
     return {
         "format": RESULTS_FORMAT,
         "experiment": exp.name,
@@ -145,16 +143,11 @@ def collect_results(
         "notice": smoke_notice(exp, plan),
         "paper": exp.paper,
         "out": exp.out,
-        "stages_dir": str(out),
-        "data": data_info,
-        "seeds": exp.seeds if not (sweep and sweep.param == "seed") else sweep.values,
-        "teachers": teachers,
+        "stages_dir": str(stage_root(exp)),
+        "seeds": sweep.values if sweep is not None and axis == "seed" else exp.seeds,
+        "teachers": _teachers(exp, plan),
         "methods": {m: recipe(m).label for m in methods},
-        "archs": (
-            list(sweep.values)
-            if sweep and sweep.param == "arch"
-            else (exp.students.archs if exp.students else [])
-        ),
+        "archs": list(sweep.values) if sweep is not None and axis == "arch" else archs,
         "sweep": None
         if sweep is None
         else {
@@ -164,17 +157,39 @@ def collect_results(
             "log_x": sweep.log_x,
         },
         "transfer": None
-        if exp.transfer is None
+        if transfer is None
         else {
             "targets": {
                 name: {"label": t.label, "dataset": t.dataset, "classes": t.classes}
                 for name, t in exp.transfer_targets.items()
             },
-            "attacks": exp.transfer.attacks,
+            "attacks": transfer.attacks,
         },
-        "records": records,
-        "stages": summary or [],
-        "finished": False,
+    }
+
+
+def _record(
+    stage: Stage, selection: str, entry: dict[str, Any], wanted: list[str]
+) -> dict[str, Any]:
+    """What results.json says of one evaluated model: its stage and its accuracies."""
+    kind = stage.kind if stage.kind in ("transfer", "teacher") else "student"
+    return {
+        "kind": kind,
+        "stage": stage.key,
+        "teacher": stage.teacher,
+        "arch": stage.arch or stage.config.model.arch,
+        "method": stage.method,
+        "seed": stage.seed,
+        "sweep_value": stage.sweep_value,
+        "target": stage.target,
+        "source": stage.source,
+        "selection": selection,
+        "epoch": entry.get("epoch"),
+        "accuracy": {a: entry["accuracy"][a] for a in wanted},
+        "attacks": {a: entry["attacks"][a] for a in wanted},
+        "samples": entry.get("samples"),
+        "checkpoint": entry["file"],
+        "external": stage.external_model is not None,
     }
 
 
