@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gacd.commands import COMMANDS
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except GacdError as err:
         print(f"gacd {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader went away (`gacd zoo | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
         print(
             f"gacd {args.command}: interrupted; finished epochs are saved: re-run the same "
