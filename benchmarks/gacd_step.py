@@ -29,7 +29,7 @@ import torch
 from gacd.attacks import AttackSpec
 from gacd.contrastive import nce_loss
 from gacd.data import Batch
-from gacd.methods import MethodContext, build_method
+from gacd.methods import MethodContext, build_method, method_options
 from gacd.methods.gacd import GACD
 from gacd.methods.losses import teacher_confidence
 from gacd.models import build_model
@@ -90,7 +90,7 @@ def build(args: argparse.Namespace, device: torch.device) -> GACD:
         "embed_dim": args.embed_dim,
         "positive_attack": args.positive_attack,
     }
-    method = build_method(options, ctx).to(device)
+    method = build_method(method_options(options), ctx).to(device)
     assert isinstance(method, GACD)
     return method.train()
 

@@ -21,7 +21,7 @@ from gacd.attacks import AttackSpec
 from gacd.config import load_run_config
 from gacd.data import Batch, DeviceSplit, read_dataset
 from gacd.errors import ConfigError
-from gacd.methods import Method, MethodContext, build_method, method_options
+from gacd.methods import Method, MethodContext, build_method, method_class, method_options
 from gacd.models import ImageClassifier, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
@@ -86,7 +86,7 @@ def _method(
         train_labels=train_split.labels,
         generator=torch.Generator().manual_seed(0),
     )
-    return build_method({"name": name, **options}, ctx)
+    return build_method(method_options({"name": name, **options}), ctx)
 
 
 def _stub_attack(method: Method, x_adv: Tensor) -> dict[str, Any]:
@@ -205,7 +205,8 @@ def test_kd_formula(trained_teacher, train_split, batch):
 
 
 def test_kd_defaults_and_selection():
-    cls, options = method_options({"name": "kd"})
+    options = method_options({"name": "kd"})
+    cls = method_class(options.name)
     assert (options.alpha, options.temperature) == (0.9, 4.0)
     assert cls.selection == "val_nat"
 
@@ -266,7 +267,7 @@ def test_ard_reweighted_with_no_attack_equals_hand_weighted_mean(
 
 
 def test_ard_defaults():
-    _, options = method_options({"name": "ard"})
+    options = method_options({"name": "ard"})
     assert (options.alpha, options.temperature, options.reweight) == (1.0, 30.0, False)
 
 
@@ -356,7 +357,7 @@ def test_iad_warmup_schedule(trained_teacher, train_split):
     assert not method.in_warmup
     method.start_epoch(0, 10)
     assert not method.in_warmup
-    _, options = method_options({"name": "iad"})
+    options = method_options({"name": "iad"})
     assert (options.alpha, options.temperature, options.beta) == (1.0, 1.0, 0.1)
 
 
@@ -395,7 +396,8 @@ def test_iad_detach_natural_changes_gradient_not_value(trained_teacher, train_sp
 )
 def test_configs_parse(config, name):
     run = load_run_config(CONFIGS / f"{config}.yaml")
-    cls, options = method_options(run.method)
+    options = run.method
+    cls = method_class(options.name)
     assert cls.name == name and cls.needs_teacher
     assert run.data.name == "digits" and run.model.arch == "digits_cnn_small"
     assert run.teacher

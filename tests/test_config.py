@@ -9,6 +9,7 @@ import pytest
 
 from gacd.config import RunConfig, load_run_config
 from gacd.errors import ConfigError
+from gacd.methods import method_class
 from gacd.options import apply_overrides, from_dict, parse_override, to_dict
 
 
@@ -148,14 +149,15 @@ def test_overrides_build_a_typed_run_config():
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
     assert config.optim.milestones == [1.0, 0.5]
     assert all(isinstance(m, float) for m in config.optim.milestones)
-    assert config.method == {"name": "trades", "beta": 3}
+    # The method section is the method's own typed options, parsed when the config is read.
+    assert config.method == method_class("trades").Options(beta=3.0)
     assert config.data.crop_padding is None
     assert config.optim.epochs == RunConfig().optim.epochs  # untouched keys keep defaults
 
 
 def test_defaults_without_file_or_overrides():
     assert load_run_config(None) == RunConfig()
-    assert load_run_config(None, []).method == {"name": "pgd_at"}
+    assert load_run_config(None, []).method == method_class("pgd_at").Options()
 
 
 # -- YAML files --------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_yaml_file_loads_and_overrides_win(tmp_path):
     assert config.seed == 4
     assert (config.data.name, config.data.batch_size, config.data.flip) == ("digits", 64, True)
     assert config.model.arch == "digits_cnn_small" and config.model.kwargs == {"hidden": 16}
-    assert config.method == {"name": "trades", "beta": 4.5}
+    assert config.method == method_class("trades").Options(beta=4.5)
     assert (config.optim.epochs, config.optim.schedule, config.optim.milestones) == (
         7,
         "step",
@@ -217,7 +219,7 @@ def test_to_dict_round_trips(tmp_path):
 
 def test_the_config_a_run_writes_loads_back(digits_teacher_path):
     config = load_run_config(digits_teacher_path.parent / "config.yaml")
-    assert config.method["name"] == "pgd_at"
+    assert config.method.name == "pgd_at"
     assert config.model.kwargs == {"spatial": 2, "hidden": 256}
     assert config.out == str(digits_teacher_path.parent)
 
@@ -227,7 +229,6 @@ def test_a_method_option_override_keeps_the_default_method_name():
     # option override adds to it rather than replacing it (and the error names the method).
     message = _error(["method.bogus=1"])
     assert "method 'pgd_at'" in message and "method.name" in message
-    assert load_run_config(None, ["method.name=trades", "method.beta=3"]).method == {
-        "name": "trades",
-        "beta": 3,
-    }
+    assert load_run_config(None, ["method.name=trades", "method.beta=3"]).method == method_class(
+        "trades"
+    ).Options(beta=3.0)

@@ -26,7 +26,7 @@ from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.export import load_model
 from gacd.engine.trainer import CHECKPOINT, MODEL_LAST, Trainer
 from gacd.evaluation.robust import parse_attack, robust_accuracy
-from gacd.methods import MethodContext, build_method
+from gacd.methods import MethodContext, build_method, method_options
 from gacd.methods.gacd import GACD
 from gacd.methods.losses import teacher_confidence
 from gacd.models import ImageClassifier, build_model
@@ -86,7 +86,7 @@ def _gacd(
         train_labels=data.train.labels,
         generator=torch.Generator().manual_seed(1000 + seed),
     )
-    method = build_method({"name": "gacd", **options}, ctx)
+    method = build_method(method_options({"name": "gacd", **options}), ctx)
     assert isinstance(method, GACD)
     return method.train()
 

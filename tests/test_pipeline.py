@@ -26,6 +26,7 @@ from gacd.errors import ConfigError
 from gacd.experiments import experiment_from_dict, load_experiment, plan_experiment
 from gacd.experiments.records import MARKER
 from gacd.experiments.report_format import describe_data, fmt, summarise
+from gacd.methods import method_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KD = "students/cnn/digits_cnn_small/kd/seed0"
@@ -316,7 +317,7 @@ def test_plan_shares_distillation_and_wires_stages() -> None:
     ]
     aft = plan.stages["students/cnn/digits_cnn_small/gacd_aft/seed0"]
     assert aft.depends == [distill] and aft.config.init == f"/x/{distill}/model_last.pt"
-    assert aft.config.method == {"name": "pgd_at"}
+    assert aft.config.method == method_class("pgd_at").Options()
     assert plan.stages[distill].config.teacher == f"/x/{TEACHER}/model_best.pt"
     assert plan.stages[KD].config.eval.attacks == ["natural", "pgd3"]
     assert not plan.stages[distill].evaluated

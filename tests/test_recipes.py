@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,21 @@ from gacd.cli import main
 from gacd.data import Batch
 from gacd.errors import ConfigError
 from gacd.experiments import experiment_from_dict, plan_experiment
-from gacd.methods import METHODS, Method, Recipe, StageTemplate, recipe, register_method
+from gacd.methods import (
+    METHODS,
+    Method,
+    MethodOptions,
+    Recipe,
+    StageTemplate,
+    recipe,
+    register_method,
+)
 from gacd.methods import stage_kinds as kinds_of_stages
+
+
+@dataclass
+class WarmThenHardenOptions(MethodOptions):
+    name: str = "warm_harden"
 
 
 class WarmThenHarden(Method):
@@ -27,6 +41,7 @@ class WarmThenHarden(Method):
 
     name = "warm_harden"
     label = "Warm+Harden"
+    Options = WarmThenHardenOptions
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         loss = F.cross_entropy(self.student(batch.images), batch.labels)

@@ -121,9 +121,16 @@ def test_every_registry_refuses_a_duplicate_name() -> None:
     class NotKD(Method):
         name = "kd"
         label = "not KD"
+        Options = method_class("kd").Options
 
     with pytest.raises(ValueError, match="method 'kd' is registered twice"):
         register_method(NotKD)
+
+    class Nameless(Method):  # its Options do not name it: configs could not pick it
+        name = "nameless"
+
+    with pytest.raises(TypeError, match=r"Nameless\.Options must subclass MethodOptions"):
+        register_method(Nameless)
     assert (model_names(), DATASETS.names(), method_names()) == before
     assert model_info("resnet18").label == "ResNet-18" and method_class("kd").label == "KD"
 

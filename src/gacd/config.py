@@ -7,14 +7,13 @@ names the key and says what is allowed; every range check lives beside its key.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from gacd.errors import ConfigError
 from gacd.evaluation.robust import parse_attack
-from gacd.methods import method_options
+from gacd.methods import MethodOptions, method_class
 from gacd.options import (
     apply_overrides,
     check_range,
@@ -170,7 +169,8 @@ class RunConfig:
     zoo_download: bool = False  # fetch a missing RobustBench checkpoint into zoo_root
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "pgd_at"})
+    # The method's own options (`name` picks the method), parsed and checked when read.
+    method: MethodOptions = field(default_factory=lambda: method_class("pgd_at").Options())
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -201,13 +201,10 @@ _PATH_KEYS = ("teacher", "init", "data.root")
 
 
 def training_settings(config: RunConfig) -> dict[str, Any]:
-    """What a run trains, as flat key -> value: method options with their defaults filled
-    in, paths made absolute, and the NOT_TRAINING keys left out. Two configs train the same
+    """What a run trains, as flat key -> value: every method option (defaults included),
+    paths made absolute, and the NOT_TRAINING keys left out. Two configs train the same
     run exactly when these are equal."""
-    data = to_dict(config)
-    cls, options = method_options(data["method"])
-    data["method"] = {"name": cls.name, **dataclasses.asdict(options)}
-    flat = flatten(data)
+    flat = flatten(to_dict(config))
     for key in _PATH_KEYS:
         if flat.get(key) is not None and ":" not in flat[key]:  # a path, not a zoo id
             flat[key] = str(Path(flat[key]).expanduser().resolve())
@@ -226,18 +223,12 @@ def load_run_config(
 ) -> RunConfig:
     """Read a RunConfig from YAML (or defaults when path is None), set `settings` (dotted key
     -> value, e.g. a command's flags), then apply the dotted `overrides`; the method section
-    is validated against the chosen method's own options."""
+    becomes the chosen method's own Options, every key checked."""
     data = load_yaml(path) if path is not None else {}
-    # The method section is a free-form mapping; start it from the default so that an
-    # override like method.beta=3 adds to it instead of replacing the method name.
-    data.setdefault("method", dict(RunConfig().method))
+    # Start the method section from the default method's name, so that an override like
+    # method.beta=3 adds to it instead of replacing it.
+    data.setdefault("method", {"name": RunConfig().method.name})
     for key, value in (settings or {}).items():
         data = set_value(data, key.split("."), value, key)
     data = apply_overrides(data, overrides or [])
-    config = from_dict(RunConfig, data)
-    validate_method_section(config.method)
-    return config
-
-
-def validate_method_section(section: dict[str, Any]) -> None:
-    method_options(section)  # raises ConfigError on a bad name, key or value
+    return from_dict(RunConfig, data)

@@ -74,6 +74,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        # A base class that picks its subclass from the value (a method's options by name).
+        resolve = getattr(tp, "resolve_type", None)
+        if resolve is not None:
+            tp = resolve(value, key)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
@@ -109,9 +113,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}'; allowed: {', '.join(prefix + n for n in names)}"
-        )
+        owner = getattr(cls, "owner", None)  # what the keys belong to, e.g. "method 'kd'"
+        where = f" for {owner()}" if owner is not None else ""
+        allowed = ", ".join(prefix + n for n in names)
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'{where}; allowed: {allowed}")
     values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**values)
 

@@ -32,6 +32,7 @@ from gacd.errors import ConfigError, RunDirectoryError
 from gacd.evaluation.results import evaluate_model
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodContext, build_method
+from gacd.methods.linear import LinearOptions
 from gacd.models import ImageClassifier, build_model
 from gacd.options import from_dict, load_yaml, to_dict
 from gacd.progress import interactive, say
@@ -157,9 +158,7 @@ def build_student(config: RunConfig, raw: RawDataset, device: torch.device) -> I
         model = load_model(
             config.init, device, zoo_root=config.zoo_root, download=config.zoo_download
         )
-        probe = config.method.get("name") == "linear" and config.method.get(
-            "reset_classifier", True
-        )
+        probe = isinstance(config.method, LinearOptions) and config.method.reset_classifier
         check_model_fits(model, raw, f"init: {config.init}", classes=not probe)
         model.train()
     else:
@@ -241,7 +240,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         "dataset": data.raw.name,
         "classes": config.data.classes,
         "resize": config.data.resize,
-        "method": config.method["name"],
+        "method": config.method.name,
         "eps": eps,
         "teacher": config.teacher,
         "seed": config.seed,

@@ -17,7 +17,7 @@ def run_training(args: argparse.Namespace, preset: list[str] | None = None) -> i
     result = train(config, resume=not args.no_resume, epoch_lines=True)
     last = result.history[-1] if result.history else {}
     print(f"trained {result.epochs} epochs -> {result.out_dir}")
-    print(f"  best epoch {result.best_epoch} ({config.method['name']}): {result.model_best}")
+    print(f"  best epoch {result.best_epoch} ({config.method.name}): {result.model_best}")
     print(f"  last epoch: {result.model_last}")
     shown = {k: round(v, 2) for k, v in last.items() if k.startswith("val_")}
     if shown:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gacd.config import RunConfig, validate_method_section
+from gacd.config import RunConfig
 from gacd.errors import ConfigError
 from gacd.experiments.probe import transfer_settings
 from gacd.experiments.spec import (
@@ -69,7 +69,6 @@ def _build(where: str, data: dict[str, Any], epochs_scale: float = 1.0) -> RunCo
     """A stage's checked RunConfig; `epochs_scale` multiplies its epochs (at least 1)."""
     try:
         config = from_dict(RunConfig, data)
-        validate_method_section(config.method)
         if epochs_scale != 1.0:
             epochs = max(1, round(config.optim.epochs * epochs_scale))
             config.optim = dataclasses.replace(config.optim, epochs=epochs)
@@ -196,7 +195,7 @@ class _Planner:
             seed,
             teacher=name,
             arch=config.model.arch,
-            method=config.method["name"],
+            method=config.method.name,
             sweep_value=value if swept else None,
             swept=swept,
         )

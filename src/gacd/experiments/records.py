@@ -239,7 +239,7 @@ def describe_plan(exp: ExperimentConfig, plan: Plan) -> list[str]:
             state = "interrupted (resumes from checkpoint.pt)"
         else:
             state = "to train"
-        what = f"{stage.kind}, method {stage.config.method['name']}"
+        what = f"{stage.kind}, method {stage.config.method.name}"
         lines.append(f"[{i}/{len(plan.stages)}] {stage.key} ({what}): {state}")
     return lines
 

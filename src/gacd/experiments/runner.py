@@ -154,7 +154,7 @@ class Runner:
         extra = f", {note}" if note else ""
         self.log(
             f"{self._position} {stage.key}: {doing.get(status, status)}{extra} "
-            f"({stage.kind}, method {c.method['name']}, {c.optim.epochs} epochs)"
+            f"({stage.kind}, method {c.method.name}, {c.optim.epochs} epochs)"
         )
 
     def _train(

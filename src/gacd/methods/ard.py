@@ -28,14 +28,15 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, register_method
+from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 from gacd.methods.recipes import Recipe, single_stage
 
 
 @dataclass
-class ARDOptions:
+class ARDOptions(MethodOptions):
+    name: str = "ard"
     alpha: float = 1.0  # 1.0 (the authors' default) drops the CE term entirely
     temperature: float = 30.0
     reweight: bool = False  # ablation: weight KL_i by the teacher's confidence on x'_i

@@ -7,7 +7,6 @@ optimiser, the checkpoint or `.train()`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -41,8 +40,23 @@ class MethodContext:
 
 
 @dataclass
-class NoOptions:
-    pass
+class MethodOptions:
+    """Base of every method's options, as a run config holds them (`config.method`): `name`
+    names the method, and each method's Options class sets it as its default. Reading a
+    config's `method` mapping picks the class by that name (`resolve_type`), so options are
+    parsed and checked once, when the config is read."""
+
+    name: str = ""
+
+    @classmethod
+    def owner(cls) -> str:
+        return f"method '{cls.__dataclass_fields__['name'].default}'"
+
+    @classmethod
+    def resolve_type(cls, value: Any, key: str) -> type[MethodOptions]:
+        if not isinstance(value, dict) or "name" not in value:
+            raise ConfigError(f"{key}.name is required; known: {', '.join(method_names())}")
+        return METHODS.get(value["name"]).Options
 
 
 class Method(nn.Module):
@@ -51,13 +65,13 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""  # how reports print it: "PGD-AT", "ARD"
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = False
     # Validation metric that picks the best epoch: "val_adv", "val_nat", or None to keep the
     # last epoch (feature distillation, whose classifier is not trained, has nothing to pick by).
     selection: ClassVar[str | None] = "val_adv"
 
-    def __init__(self, ctx: MethodContext, options: Any) -> None:
+    def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
         if self.needs_teacher and ctx.teacher is None:
             raise ConfigError(f"method '{self.name}' needs a teacher: set teacher=PATH")
@@ -135,6 +149,12 @@ METHODS: Registry[type[Method]] = Registry("method", key="method.name")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Register a method class under its `name`; its Options must be a MethodOptions whose
+    `name` defaults to that name."""
+    if not issubclass(cls.Options, MethodOptions) or cls.Options().name != cls.name:
+        raise TypeError(
+            f"{cls.__name__}.Options must subclass MethodOptions with name: str = {cls.name!r}"
+        )
     METHODS.register(cls.name, cls)
     return cls
 
@@ -174,22 +194,11 @@ def stage_kinds() -> list[str]:
     return kinds
 
 
-def method_options(section: dict[str, Any]) -> tuple[type[Method], Any]:
-    """Resolve a config's `method` section ({'name': ..., options...}) to (class, options)."""
-    if "name" not in section:
-        raise ConfigError(f"method.name is required; known: {', '.join(method_names())}")
-    cls = method_class(section["name"])
-    values = {k: v for k, v in section.items() if k != "name"}
-    allowed = ["name", *(f.name for f in dataclasses.fields(cls.Options))]
-    unknown = [k for k in values if k not in allowed]
-    if unknown:
-        raise ConfigError(
-            f"unknown key 'method.{unknown[0]}' for method '{cls.name}'; "
-            f"allowed: {', '.join('method.' + k for k in allowed)}"
-        )
-    return cls, from_dict(cls.Options, values, prefix="method.")
+def method_options(section: dict[str, Any], key: str = "method") -> MethodOptions:
+    """A method's options from a mapping ({'name': ..., options...}), every key checked
+    (what reading a run config does for its `method` section)."""
+    return from_dict(MethodOptions.resolve_type(section, key), section, prefix=f"{key}.")
 
 
-def build_method(section: dict[str, Any], ctx: MethodContext) -> Method:
-    cls, options = method_options(section)
-    return cls(ctx, options)
+def build_method(options: MethodOptions, ctx: MethodContext) -> Method:
+    return METHODS.get(options.name)(ctx, options)

@@ -27,14 +27,15 @@ from gacd.contrastive import (
 )
 from gacd.data import Batch
 from gacd.engine.distributed import all_gather_cat, is_distributed
-from gacd.methods.base import Method, MethodContext, register_method
+from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 from gacd.methods.recipes import Recipe, StageTemplate
 from gacd.options import check_range
 
 
 @dataclass
-class GACDOptions:
+class GACDOptions(MethodOptions):
+    name: str = "gacd"
     negatives: int = 16384  # k; capped at the smallest number of other-class samples
     temperature: float = 0.1
     momentum: float = 0.5  # memory-bank momentum m

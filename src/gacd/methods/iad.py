@@ -35,13 +35,14 @@ from torch import Tensor
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodContext, register_method
+from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 
 
 @dataclass
-class IADOptions:
+class IADOptions(MethodOptions):
+    name: str = "iad"
     alpha: float = 1.0
     temperature: float = 1.0
     beta: float = 0.1  # a_i = p_t(y | x')^beta; small beta keeps a_i near 1 (trust the teacher)

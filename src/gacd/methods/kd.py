@@ -18,12 +18,13 @@ from torch import Tensor
 
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, register_method
+from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.losses import accuracy, kl_divergence
 
 
 @dataclass
-class KDOptions:
+class KDOptions(MethodOptions):
+    name: str = "kd"
     alpha: float = 0.9  # weight of the distillation term; 1 - alpha goes to the label CE
     temperature: float = 4.0
 

@@ -11,13 +11,14 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodContext, register_method
+from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
 from gacd.methods.losses import accuracy
 from gacd.methods.recipes import Recipe
 
 
 @dataclass
-class LinearOptions:
+class LinearOptions(MethodOptions):
+    name: str = "linear"
     # Train the classifier on PGD examples of the whole (frozen-feature) model instead of on
     # natural images. Natural is the standard linear evaluation.
     adversarial: bool = False

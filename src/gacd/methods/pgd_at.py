@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, register_method
+from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.losses import accuracy
+
+
+@dataclass
+class PGDATOptions(MethodOptions):
+    name: str = "pgd_at"
 
 
 @register_method
 class PGDAT(Method):
     name = "pgd_at"
+    Options = PGDATOptions
     label = "PGD-AT"
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -25,12 +25,13 @@ from torch import Tensor
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, register_method
+from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.losses import accuracy, kl_divergence
 
 
 @dataclass
-class RSLADOptions:
+class RSLADOptions(MethodOptions):
+    name: str = "rslad"
     adv_weight: float = 5.0 / 6.0  # KL(t(x) || s(x'))
     nat_weight: float = 1.0 / 6.0  # KL(t(x) || s(x))
 

@@ -9,12 +9,13 @@ from torch import Tensor
 
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
-from gacd.methods.base import Method, register_method
+from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.losses import accuracy, kl_divergence
 
 
 @dataclass
-class TradesOptions:
+class TradesOptions(MethodOptions):
+    name: str = "trades"
     beta: float = 6.0
 
 
