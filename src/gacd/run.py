@@ -11,6 +11,7 @@ import yaml
 
 from gacd.attacks import AttackSpec
 from gacd.config import (
+    AttackConfig,
     ConfigError,
     RunConfig,
     changed_keys,
@@ -37,7 +38,7 @@ from gacd.engine.streams import seed_rank_globals
 from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Trainer, TrainResult
 from gacd.errors import RunDirectoryError
 from gacd.evaluation.robust import parse_attack
-from gacd.methods import MethodContext, build_method
+from gacd.methods import MethodContext, build_method, method_class
 from gacd.models import ImageClassifier, build_model
 from gacd.progress import interactive, say
 
@@ -95,13 +96,21 @@ def prepare_data(config: RunConfig, device: torch.device) -> PreparedData:
 
 
 def training_attack(config: RunConfig, defaults: DatasetDefaults) -> AttackSpec:
-    a = config.attack
+    a = resolved_attack(config)
+    assert a.steps is not None and a.random_start is not None and a.start is not None
     return AttackSpec(
         eps=defaults.eps if a.eps is None else a.eps,
         step_size=defaults.step_size if a.step_size is None else a.step_size,
         steps=a.steps,
         random_start=a.random_start,
+        start=a.start,
+        keep_best=bool(a.keep_best),
     )
+
+
+def resolved_attack(config: RunConfig) -> AttackConfig:
+    """The config's training attack with nulls filled by the method's official defaults."""
+    return config.attack.resolve(method_class(config.method["name"]).attack_defaults)
 
 
 def eval_budget(config: RunConfig, defaults: DatasetDefaults) -> tuple[float, float]:
@@ -197,7 +206,8 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         student=student,
         teacher=teacher,
         attack=attack,
-        attack_train_mode=config.attack.train_mode,
+        attack_train_mode=bool(resolved_attack(config).train_mode),
+        attack_bn_update=bool(resolved_attack(config).bn_update),
         num_classes=data.raw.num_classes,
         train_labels=data.train.labels,
         generator=method_generator,
