@@ -53,7 +53,9 @@ class AttackSpec:
             )
 
     def describe(self) -> str:
-        start = f"random start ({self.start})" if self.random_start else "no random start"
+        start = "random start" if self.random_start else "no random start"
+        if self.random_start and self.start != "uniform":
+            start += f" ({self.start.replace('_', ' ')})"
         steps = f"{self.steps} step{'s' if self.steps != 1 else ''}"
         text = f"L-inf eps={self.eps:.4g}, {steps} of {self.step_size:.4g}, {start}"
         if self.keep_best:
