@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 from gacd.attacks import AttackSpec, attack_mode, pgd
@@ -625,3 +626,16 @@ def test_bn_update_without_train_mode_is_a_config_error():
         AttackConfig(bn_update=True).resolve({})
     with pytest.raises(ConfigError, match=r"attack\.start"):
         load_run_config(None, ["attack.start=gaussian"])
+
+
+def test_a_run_records_the_attack_it_ran(digits_teacher_path):
+    """config.yaml holds the resolved training attack: the PGD-AT teacher fixture sets
+    steps and step size, the rest are the robustness library's defaults."""
+    attack = yaml.safe_load((digits_teacher_path.parent / "config.yaml").read_text())["attack"]
+    assert attack["steps"] == 5 and attack["step_size"] == 0.06
+    assert (attack["random_start"], attack["keep_best"], attack["train_mode"]) == (
+        False,
+        True,
+        False,
+    )
+    assert attack["start"] == "uniform" and attack["bn_update"] is False

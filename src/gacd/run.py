@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,5 +317,7 @@ def train(
             what = "extending to" if mode == "extend" else "of"
             say(f"{out}: resuming from epoch {done} ({what} {config.optim.epochs})")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        # The training attack as run: nulls (the method's defaults) written out.
+        stored = dataclasses.replace(config, attack=resolved_attack(config))
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(stored), sort_keys=False))
     return trainer.fit(resume=mode != "fresh")
