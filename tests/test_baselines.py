@@ -1,4 +1,5 @@
-"""Tests for the distillation baselines: KD, ARD (and its reweighted ablation), RSLAD, IAD-I.
+"""Tests for the distillation baselines: KD, ARD (and its reweighted ablation), RSLAD, IAD-I,
+AdaAD.
 
 Formula checks stub the training attack with a fixed x' != x, so each test also checks
 which model sees which input, and recompute the loss independently in float64 from the
@@ -36,6 +37,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "rslad": ("rslad", {}),
     "iad_warmup": ("iad", {"warmup_epochs": 1}),
     "iad": ("iad", {"warmup_epochs": 0}),
+    "adaad": ("adaad", {}),
 }
 
 
@@ -211,9 +213,10 @@ def test_kd_defaults_and_selection():
     assert cls.selection == "val_nat"
 
 
+@pytest.mark.parametrize("reduction", ["mean", "batchmean"])
 @pytest.mark.parametrize("reweight", [False, True])
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
-def test_ard_formula(alpha, reweight, trained_teacher, train_split, batch):
+def test_ard_formula(alpha, reweight, reduction, trained_teacher, train_split, batch):
     temperature = 30.0
     method = _method(
         "ard",
@@ -222,6 +225,7 @@ def test_ard_formula(alpha, reweight, trained_teacher, train_split, batch):
         alpha=alpha,
         temperature=temperature,
         reweight=reweight,
+        kl_reduction=reduction,
     ).eval()
     x, y = batch.images, batch.labels
     x_adv = _fixed_adversarial(x)
@@ -237,6 +241,8 @@ def test_ard_formula(alpha, reweight, trained_teacher, train_split, batch):
         assert terms["weight"].item() == pytest.approx(weight.mean().item(), rel=1e-5)
     else:
         kl_term = kl.mean()
+    if reduction == "mean":  # the authors' nn.KLDivLoss(): over batch x classes
+        kl_term = kl_term / 10
     expected = alpha * temperature**2 * kl_term + (1 - alpha) * _ce64(s, y).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["kl_adv"].item() == pytest.approx(kl_term.item(), rel=1e-5)
@@ -262,18 +268,25 @@ def test_ard_reweighted_with_no_attack_equals_hand_weighted_mean(
     x, y = batch.images, batch.labels
     (t,) = _logits(method.teacher, x)
     (s,) = _logits(method.student, x)
-    expected = 30.0**2 * (_true_prob64(t, y) * _kl64(t, s, 30.0)).mean()
+    # Default reduction 'mean' (the authors'): over batch x classes, C = 10.
+    expected = 30.0**2 * (_true_prob64(t, y) * _kl64(t, s, 30.0)).mean() / 10
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_ard_defaults():
     options = method_options({"name": "ard"})
     assert (options.alpha, options.temperature, options.reweight) == (1.0, 30.0, False)
+    assert options.kl_reduction == "mean"
 
 
+@pytest.mark.parametrize("reduction", [None, "batchmean"])
 @pytest.mark.parametrize("weights", [None, (0.3, 0.7)])
-def test_rslad_formula(weights, trained_teacher, train_split, batch):
-    opts = {} if weights is None else {"adv_weight": weights[0], "nat_weight": weights[1]}
+def test_rslad_formula(weights, reduction, trained_teacher, train_split, batch):
+    opts: dict[str, Any] = (
+        {} if weights is None else {"adv_weight": weights[0], "nat_weight": weights[1]}
+    )
+    if reduction is not None:
+        opts["kl_reduction"] = reduction
     adv_w, nat_w = weights or (5 / 6, 1 / 6)
     method = _method("rslad", trained_teacher, train_split, **opts).eval()
     x = batch.images
@@ -284,6 +297,8 @@ def test_rslad_formula(weights, trained_teacher, train_split, batch):
     (t,) = _logits(method.teacher, x)
     s, s_adv = _logits(method.student, x, x_adv)
     kl_adv, kl_nat = _kl64(t, s_adv).mean(), _kl64(t, s).mean()
+    if reduction is None:  # default 'mean', the authors' torch.mean over batch x classes
+        kl_adv, kl_nat = kl_adv / 10, kl_nat / 10
     assert loss.item() == pytest.approx((adv_w * kl_adv + nat_w * kl_nat).item(), rel=1e-5)
     assert terms["kl_adv"].item() == pytest.approx(kl_adv.item(), rel=1e-5)
     assert terms["kl_nat"].item() == pytest.approx(kl_nat.item(), rel=1e-5)
@@ -392,6 +407,7 @@ def test_iad_detach_natural_changes_gradient_not_value(trained_teacher, train_sp
         ("ard_reweighted", "ard"),
         ("rslad", "rslad"),
         ("iad", "iad"),
+        ("adaad", "adaad"),
     ],
 )
 def test_configs_parse(config, name):
@@ -414,6 +430,8 @@ def test_configs_parse(config, name):
         {"name": "iad", "beta": -0.1},
         {"name": "iad", "warmup_fraction": 2.0},
         {"name": "ard", "reweight": "yes"},
+        {"name": "ard", "kl_reduction": "sum"},
+        {"name": "adaad", "alpha": 1.5},
     ],
 )
 def test_bad_options_are_config_errors(section):

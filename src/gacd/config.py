@@ -7,10 +7,12 @@ names the key and says what is allowed; every range check lives beside its key.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gacd.attacks.pgd import StartKind
 from gacd.errors import ConfigError
 from gacd.evaluation.robust import parse_attack
 from gacd.methods import MethodOptions, method_class
@@ -82,19 +84,59 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+# What an attack setting left at null becomes when the method names no default of its own
+# (`Method.attack_defaults`): our common protocol, PGD-10 from a uniform random start,
+# last iterate, model in eval mode.
+ATTACK_FALLBACKS: dict[str, Any] = {
+    "steps": 10,
+    "random_start": True,
+    "start": "uniform",
+    "keep_best": False,
+    "train_mode": False,
+    "bn_update": False,
+}
+
+
 @dataclass
 class AttackConfig:
-    """The training-time attack (PGD, L-inf). eps/step_size None: the dataset's defaults."""
+    """The training-time attack (PGD, L-inf). eps/step_size None: the dataset's defaults.
+    Every other field None: the method's official default (its `attack_defaults`, e.g. ARD
+    attacks in train mode from an unclamped uniform start), else ATTACK_FALLBACKS."""
 
     eps: float | None = None
     step_size: float | None = None
-    steps: int = 10
-    random_start: bool = True
-    train_mode: bool = False  # attack with the model in train mode (BN stats still restored)
+    steps: int | None = None
+    random_start: bool | None = None
+    start: StartKind | None = None  # uniform | uniform_unclamped | normal (see attacks.pgd)
+    keep_best: bool | None = None  # return each sample's highest-objective iterate
+    train_mode: bool | None = None  # attack with the model in train mode
+    # In train mode, let the attack's passes update the BatchNorm running statistics (as
+    # ARD's and IAD's code do); false restores them after the attack.
+    bn_update: bool | None = None
 
     def __post_init__(self) -> None:
         _check_budget("attack", self.eps, self.step_size)
-        check_range("attack.steps", self.steps, self.steps >= 0, "allowed: an integer >= 0")
+        s = self.steps
+        check_range("attack.steps", s, s is None or s >= 0, "allowed: null or an integer >= 0")
+        if self.bn_update and self.train_mode is False:
+            raise ConfigError(
+                "attack.bn_update: true needs attack.train_mode: true (or null for a method "
+                "that attacks in train mode)"
+            )
+
+    def resolve(self, method_defaults: dict[str, Any]) -> AttackConfig:
+        """A copy with every null filled: the method's defaults first, then the fallbacks."""
+        values = {**ATTACK_FALLBACKS, **method_defaults}
+        filled = {k: v for k, v in values.items() if getattr(self, k) is None}
+        train_mode = self.train_mode if self.train_mode is not None else filled["train_mode"]
+        if self.bn_update and not train_mode:
+            raise ConfigError(
+                "attack.bn_update: true needs the attack in train mode; this method attacks "
+                "in eval mode unless attack.train_mode: true"
+            )
+        if not train_mode:
+            filled["bn_update"] = False  # only train-mode passes touch the statistics
+        return dataclasses.replace(self, **filled)
 
 
 @dataclass
@@ -204,7 +246,11 @@ def training_settings(config: RunConfig) -> dict[str, Any]:
     """What a run trains, as flat key -> value: every method option (defaults included),
     paths made absolute, and the NOT_TRAINING keys left out. Two configs train the same
     run exactly when these are equal."""
-    flat = flatten(to_dict(config))
+    data = to_dict(config)
+    # Nulls in `attack` mean "the method's default": compare what is actually run.
+    defaults = method_class(config.method.name).attack_defaults
+    data["attack"] = to_dict(config.attack.resolve(defaults))
+    flat = flatten(data)
     for key in _PATH_KEYS:
         if flat.get(key) is not None and ":" not in flat[key]:  # a path, not a zoo id
             flat[key] = str(Path(flat[key]).expanduser().resolve())

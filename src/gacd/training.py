@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import yaml
 
 from gacd.attacks import AttackSpec
-from gacd.config import RunConfig, changed_keys, training_settings
+from gacd.config import AttackConfig, RunConfig, changed_keys, training_settings
 from gacd.data import (
     Augment,
     DatasetDefaults,
@@ -31,7 +32,7 @@ from gacd.engine.trainer import CHECKPOINT, METRICS, MODEL_BEST, MODEL_LAST, Tra
 from gacd.errors import ConfigError, RunDirectoryError
 from gacd.evaluation.results import evaluate_model
 from gacd.evaluation.robust import parse_attack
-from gacd.methods import MethodContext, build_method
+from gacd.methods import MethodContext, build_method, method_class
 from gacd.methods.linear import LinearOptions
 from gacd.models import ImageClassifier, build_model
 from gacd.options import from_dict, load_yaml, to_dict
@@ -91,13 +92,21 @@ def prepare_data(config: RunConfig, device: torch.device) -> PreparedData:
 
 
 def training_attack(config: RunConfig, defaults: DatasetDefaults) -> AttackSpec:
-    a = config.attack
+    a = resolved_attack(config)
+    assert a.steps is not None and a.random_start is not None and a.start is not None
     return AttackSpec(
         eps=defaults.eps if a.eps is None else a.eps,
         step_size=defaults.step_size if a.step_size is None else a.step_size,
         steps=a.steps,
         random_start=a.random_start,
+        start=a.start,
+        keep_best=bool(a.keep_best),
     )
+
+
+def resolved_attack(config: RunConfig) -> AttackConfig:
+    """The config's training attack with nulls filled by the method's official defaults."""
+    return config.attack.resolve(method_class(config.method.name).attack_defaults)
 
 
 def eval_budget(config: RunConfig, defaults: DatasetDefaults) -> tuple[float, float]:
@@ -222,7 +231,8 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         student=student,
         teacher=teacher,
         attack=attack,
-        attack_train_mode=config.attack.train_mode,
+        attack_train_mode=bool(resolved_attack(config).train_mode),
+        attack_bn_update=bool(resolved_attack(config).bn_update),
         num_classes=data.raw.num_classes,
         train_labels=data.train.labels,
         generator=method_generator,
@@ -331,5 +341,7 @@ def train(
             what = "extending to" if mode == "extend" else "of"
             say(f"{out}: resuming from epoch {done} ({what} {config.optim.epochs})")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        # The training attack as run: nulls (the method's defaults) written out.
+        stored = dataclasses.replace(config, attack=resolved_attack(config))
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(stored), sort_keys=False))
     return trainer.fit(resume=mode != "fresh")

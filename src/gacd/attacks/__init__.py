@@ -7,13 +7,24 @@ from gacd.attacks.objectives import (
     feature_transport,
     kl_to_reference,
     misclassified,
+    model_kl,
     sinkhorn_distance,
 )
-from gacd.attacks.pgd import AttackSpec, Objective, attack_mode, fgsm_spec, pgd
+from gacd.attacks.pgd import (
+    START_KINDS,
+    AttackSpec,
+    Objective,
+    StartKind,
+    attack_mode,
+    fgsm_spec,
+    pgd,
+)
 
 __all__ = [
+    "START_KINDS",
     "AttackSpec",
     "Objective",
+    "StartKind",
     "attack_mode",
     "cross_entropy",
     "cw_margin",
@@ -22,6 +33,7 @@ __all__ = [
     "fgsm_spec",
     "kl_to_reference",
     "misclassified",
+    "model_kl",
     "pgd",
     "sinkhorn_distance",
 ]

@@ -16,12 +16,30 @@ def cross_entropy(model: nn.Module, labels: Tensor) -> Objective:
 def kl_to_reference(
     model: nn.Module, reference_logits: Tensor, temperature: float = 1.0
 ) -> Objective:
-    """KL(softmax(reference / T) || softmax(model(x) / T)) per sample (TRADES, RSLAD, ARD-KL)."""
-    ref_log_p = F.log_softmax(reference_logits.detach().float() / temperature, dim=1)
+    """KL(softmax(reference / T) || softmax(model(x) / T)) per sample (TRADES, RSLAD, ARD-KL).
+
+    Written as the authors' `KLDivLoss(log_softmax(model(x)), softmax(reference))`: near
+    x' = x the gradient is a difference of two almost equal distributions, so how the target
+    is rounded decides the sign of tiny gradient entries, and PGD takes signs."""
+    target = F.softmax(reference_logits.detach().float() / temperature, dim=1)
 
     def objective(x: Tensor) -> Tensor:
         log_q = F.log_softmax(model(x).float() / temperature, dim=1)
-        return (ref_log_p.exp() * (ref_log_p - log_q)).sum(dim=1)
+        return F.kl_div(log_q, target, reduction="none").sum(dim=1)
+
+    return objective
+
+
+def model_kl(reference: nn.Module, model: nn.Module, temperature: float = 1.0) -> Objective:
+    """KL(softmax(reference(x) / T) || softmax(model(x) / T)) per sample, both models seeing
+    the same x' and the gradient flowing through both: AdaAD's inner objective, which seeks
+    where teacher and student disagree most. Written as the authors' KLDivLoss (see
+    `kl_to_reference`)."""
+
+    def objective(x: Tensor) -> Tensor:
+        target = F.softmax(reference(x).float() / temperature, dim=1)
+        log_q = F.log_softmax(model(x).float() / temperature, dim=1)
+        return F.kl_div(log_q, target, reduction="none").sum(dim=1)
 
     return objective
 

@@ -2,6 +2,7 @@
 
 # Importing each method module registers its class (see gacd.methods.base).
 from gacd.methods import (  # noqa: F401
+    adaad,
     ard,
     gacd,
     iad,

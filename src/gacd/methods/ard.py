@@ -1,26 +1,31 @@
-"""Adversarially Robust Distillation (Goldblum et al. 2020).
+"""Adversarially Robust Distillation (Goldblum et al. 2020); matches `main.py` of
+goldblum/AdversariallyRobustDistillation by default.
 
 loss = alpha * T^2 * KL(softmax(t(x) / T) || softmax(s(x') / T)) + (1 - alpha) * CE(s(x), y)
 
 x' is the training PGD attack on the student's cross-entropy with the true label; the
 teacher sees the natural image. Defaults are those of the authors' CIFAR-10 code
 (alpha 1, T 30): with alpha = 1 the CE term is gone and the student learns from the
-teacher alone.
+teacher alone. As in their code, the attack runs with the student in train mode, its passes
+updating the BatchNorm running statistics, from x + U[-eps, eps] not clamped to [0, 1]
+(`attack.train_mode`, `attack.bn_update`, `attack.start` override this).
 
-KL reduction: per-sample KL summed over classes, averaged over the batch ('batchmean').
-The authors' script uses `nn.KLDivLoss()` whose old default averaged over batch x classes,
-a further 1/C; IAD's re-implementation of ARD uses batchmean, as we do. For SGD at
-alpha = 1 the difference is a C-fold learning-rate change on the KL term.
+KL reduction: `kl_reduction: mean` (default) averages over batch x classes, as the authors'
+`nn.KLDivLoss()` does; `batchmean` sums over classes and averages over the batch (the KL
+per sample; IAD's re-implementation of ARD uses it), C times larger - for SGD at alpha = 1 a
+C-fold learning rate on the KL term.
 
 `reweight=True` is the ablation "ARD with GACD's sample weights": the per-sample KL is
 multiplied by w_i = p_t(y_i | x'_i), the teacher's true-class probability on the student's
-adversarial input (detached), and averaged as mean_i(w_i * KL_i) - not divided by sum(w),
-matching how GACD's reweighted NCE is averaged. The CE term stays unweighted.
+adversarial input (detached), and averaged as mean_i(w_i * KL_i) (then / C under 'mean') -
+not divided by sum(w), matching how GACD's reweighted NCE is averaged. The CE term stays
+unweighted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +35,13 @@ from gacd.attacks import cross_entropy
 from gacd.data import Batch
 from gacd.methods.base import Method, MethodOptions, register_method
 from gacd.methods.kd import check_alpha_temperature
-from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
+from gacd.methods.losses import (
+    KLReduction,
+    accuracy,
+    kl_divergence,
+    reduce_kl,
+    teacher_confidence,
+)
 from gacd.methods.recipes import Recipe, single_stage
 
 
@@ -40,6 +51,7 @@ class ARDOptions(MethodOptions):
     alpha: float = 1.0  # 1.0 (the authors' default) drops the CE term entirely
     temperature: float = 30.0
     reweight: bool = False  # ablation: weight KL_i by the teacher's confidence on x'_i
+    kl_reduction: KLReduction = "mean"  # the authors' nn.KLDivLoss(); batchmean: C times it
 
     def __post_init__(self) -> None:
         check_alpha_temperature("ard", self.alpha, self.temperature)
@@ -51,6 +63,14 @@ class ARD(Method):
     label = "ARD"
     Options = ARDOptions
     needs_teacher = True
+    # goldblum/AdversariallyRobustDistillation main.py: AttackPGD runs inside net.train().
+    attack_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 10,
+        "random_start": True,
+        "start": "uniform_unclamped",
+        "train_mode": True,
+        "bn_update": True,
+    }
 
     @classmethod
     def recipes(cls) -> tuple[Recipe, ...]:
@@ -72,10 +92,9 @@ class ARD(Method):
         if opts.reweight:
             with torch.no_grad():
                 weight = teacher_confidence(self.teacher(x_adv), y)
-            kl = (weight * kl_per_sample).mean()
+            kl_per_sample = weight * kl_per_sample
             terms["weight"] = weight.mean()
-        else:
-            kl = kl_per_sample.mean()
+        kl = reduce_kl(kl_per_sample, opts.kl_reduction, logits_adv.shape[1])
         loss = opts.alpha * opts.temperature**2 * kl
         if opts.alpha < 1.0:
             logits = self.student(x)

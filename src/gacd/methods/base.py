@@ -37,6 +37,8 @@ class MethodContext:
     # This rank's own CPU generator for attack starts and sampling (the trainer checkpoints
     # it with every generator listed by `Method.generators`).
     generator: torch.Generator
+    # Train-mode attacks only: let the attack's passes update BatchNorm running statistics.
+    attack_bn_update: bool = False
 
 
 @dataclass
@@ -70,6 +72,10 @@ class Method(nn.Module):
     # Validation metric that picks the best epoch: "val_adv", "val_nat", or None to keep the
     # last epoch (feature distillation, whose classifier is not trained, has nothing to pick by).
     selection: ClassVar[str | None] = "val_adv"
+    # The training attack's settings in the method's official code, for every `attack.*`
+    # key left null in the config (steps, random_start, start, keep_best, train_mode,
+    # bn_update); what is not named here falls back to `gacd.config.ATTACK_FALLBACKS`.
+    attack_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: MethodContext, options: MethodOptions) -> None:
         super().__init__()
@@ -79,6 +85,7 @@ class Method(nn.Module):
         self.options = options
         self.attack = ctx.attack
         self.attack_train_mode = ctx.attack_train_mode
+        self.attack_bn_update = ctx.attack_bn_update
         self.num_classes = ctx.num_classes
         self.generator = ctx.generator
         # Attack random starts are drawn where the images live: on CPU the run's generator
@@ -108,7 +115,8 @@ class Method(nn.Module):
 
         The objective is built inside that mode, so reference outputs it computes (e.g. the
         clean logits TRADES attacks against) come from the same mode as the attack."""
-        with attack_mode(models, train=self.attack_train_mode):
+        keep = not self.attack_bn_update
+        with attack_mode(models, train=self.attack_train_mode, keep_bn_stats=keep):
             with torch.no_grad():
                 objective = make_objective()
             return pgd(objective, x, self.attack, generator=self.attack_generator)

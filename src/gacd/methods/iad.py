@@ -1,5 +1,5 @@
 """Introspective Adversarial Distillation, IAD-I (Zhu et al. 2022, "Reliable adversarial
-distillation with unreliable teachers").
+distillation with unreliable teachers"); matches `IAD-I.py` of ZFancy/IAD by default.
 
 During warm-up it is ARD with IAD's own temperature:
 
@@ -21,12 +21,17 @@ s(x') in the self term, as in the authors' code (the KL target there carries gra
 `detach_natural=True` makes s(x) a fixed target instead. KLs are batchmean like theirs.
 
 Defaults from the authors' CIFAR-10 code: T 1, alpha 1, beta 0.1, warm-up 60 of 200
-epochs (fraction 0.3; `warmup_epochs` sets a count instead).
+epochs (fraction 0.3; `warmup_epochs` sets a count instead). Their attack is ARD's: student
+in train mode with its passes updating the BatchNorm running statistics, start
+x + U[-eps, eps] not clamped, CE on the student (`attack.*` override this). Their self term
+runs one more clean forward pass for the target; its values and gradient equal the reused
+s(x) here, only the BatchNorm statistics see that batch once less.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +78,14 @@ class IAD(Method):
     label = "IAD"
     Options = IADOptions
     needs_teacher = True
+    # ZFancy/IAD IAD-I.py: ARD's AttackPGD inside net.train().
+    attack_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 10,
+        "random_start": True,
+        "start": "uniform_unclamped",
+        "train_mode": True,
+        "bn_update": True,
+    }
 
     def __init__(self, ctx: MethodContext, options: IADOptions) -> None:
         super().__init__(ctx, options)

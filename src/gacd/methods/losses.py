@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,16 +16,28 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 def kl_divergence(
     target_logits: Tensor, logits: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
 ) -> Tensor:
-    """KL(softmax(target / T) || softmax(logits / T)) in fp32; reduction 'batchmean' or
-    'none' (per sample)."""
+    """KL(softmax(target / T) || softmax(logits / T)) in fp32. Reduction 'batchmean' (summed
+    over classes, averaged over the batch: the KL itself, per sample, on average), 'mean'
+    (averaged over batch x classes: `nn.KLDivLoss()`'s default, 1/C of batchmean, what ARD's,
+    RSLAD's and AdaAD's CIFAR-10 code use) or 'none' (per sample)."""
     log_p = F.log_softmax(target_logits.float() / temperature, dim=1)
     log_q = F.log_softmax(logits.float() / temperature, dim=1)
     per_sample = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return reduce_kl(per_sample, reduction, logits.shape[1])
+
+
+KLReduction = Literal["mean", "batchmean"]
+
+
+def reduce_kl(per_sample: Tensor, reduction: str, num_classes: int) -> Tensor:
+    """Reduce per-sample KLs (already summed over classes) as `kl_divergence` does."""
     if reduction == "none":
         return per_sample
     if reduction == "batchmean":
         return per_sample.mean()
-    raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    if reduction == "mean":
+        return per_sample.mean() / num_classes
+    raise ValueError(f"reduction must be 'batchmean', 'mean' or 'none', got {reduction!r}")
 
 
 def teacher_confidence(teacher_logits: Tensor, labels: Tensor) -> Tensor:
