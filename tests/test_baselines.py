@@ -22,7 +22,14 @@ from gacd.attacks import AttackSpec
 from gacd.config import load_run_config
 from gacd.data import Batch, DeviceSplit, read_dataset
 from gacd.errors import ConfigError
-from gacd.methods import Method, MethodContext, build_method, method_class, method_options
+from gacd.methods import (
+    Method,
+    MethodContext,
+    build_method,
+    method_class,
+    method_names,
+    method_options,
+)
 from gacd.models import ImageClassifier, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
@@ -141,6 +148,20 @@ def _logits(model: ImageClassifier, *xs: Tensor) -> list[Tensor]:
 # ------------------------------------------------------------------------- training
 
 
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_s_terms_add_up_to_its_loss(name, trained_teacher, train_split, batch):
+    """The step contract (Method.step): the weighted terms sum to the loss, terms and
+    diagnostics are detached scalars, and the loss is the one gradient flows through."""
+    options = {"negatives": 64, "ot_iterations": 3} if name == "gacd" else {}
+    method = _method(name, trained_teacher, train_split, **options).train()
+    method.start_epoch(9, 10)  # past any warm-up: every term a method has is on
+    loss, terms, diagnostics = method.step(batch)
+    assert terms and loss.requires_grad and loss.dim() == 0
+    assert sum(float(v) for v in terms.values()) == pytest.approx(loss.item(), rel=1e-6)
+    for value in [*terms.values(), *diagnostics.values()]:
+        assert value.dim() == 0 and not value.requires_grad
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_loss_decreases_on_a_fixed_batch(case, trained_teacher, train_split, batch):
     name, options = CASES[case]
@@ -149,9 +170,12 @@ def test_loss_decreases_on_a_fixed_batch(case, trained_teacher, train_split, bat
     opt = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(8):
-        loss, terms = method.step(batch)
+        loss, terms, diagnostics = method.step(batch)
         assert loss.dim() == 0 and torch.isfinite(loss)
-        assert all(v.dim() == 0 and not v.requires_grad for v in terms.values())
+        logged = [*terms.values(), *diagnostics.values()]
+        assert all(v.dim() == 0 and not v.requires_grad for v in logged)
+        # The weighted terms add up to the loss: logging explains it.
+        assert sum(float(v) for v in terms.values()) == pytest.approx(loss.item(), rel=1e-5)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -167,7 +191,7 @@ def test_teacher_untouched_by_a_step(case, trained_teacher, train_split, batch):
     teacher = method.teacher
     before = copy.deepcopy(teacher.state_dict())
     opt = torch.optim.SGD(method.trainable_parameters(), lr=0.05)
-    loss, _ = method.step(batch)
+    loss, _, _ = method.step(batch)
     loss.backward()
     opt.step()
     assert not teacher.training
@@ -196,14 +220,14 @@ def test_kd_formula(trained_teacher, train_split, batch):
         raise AssertionError("KD must not attack")
 
     object.__setattr__(method, "adversary", no_attack)
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
     x, y = batch.images, batch.labels
     (t,) = _logits(method.teacher, x)
     (s,) = _logits(method.student, x)
     kl = _kl64(t, s, temperature).mean()
     expected = alpha * temperature**2 * kl + (1 - alpha) * _ce64(s, y).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert diagnostics["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
 
 
 def test_kd_defaults_and_selection():
@@ -230,7 +254,7 @@ def test_ard_formula(alpha, reweight, reduction, trained_teacher, train_split, b
     x, y = batch.images, batch.labels
     x_adv = _fixed_adversarial(x)
     seen = _stub_attack(method, x_adv)
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
 
     t, t_adv = _logits(method.teacher, x, x_adv)
     s, s_adv = _logits(method.student, x, x_adv)
@@ -238,14 +262,14 @@ def test_ard_formula(alpha, reweight, reduction, trained_teacher, train_split, b
     if reweight:
         weight = _true_prob64(t_adv, y)  # the teacher's confidence on x'
         kl_term = (weight * kl).mean()
-        assert terms["weight"].item() == pytest.approx(weight.mean().item(), rel=1e-5)
+        assert diagnostics["weight"].item() == pytest.approx(weight.mean().item(), rel=1e-5)
     else:
         kl_term = kl.mean()
     if reduction == "mean":  # the authors' nn.KLDivLoss(): over batch x classes
         kl_term = kl_term / 10
     expected = alpha * temperature**2 * kl_term + (1 - alpha) * _ce64(s, y).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert terms["kl_adv"].item() == pytest.approx(kl_term.item(), rel=1e-5)
+    assert diagnostics["kl_adv"].item() == pytest.approx(kl_term.item(), rel=1e-5)
     # The attack maximises the student's CE with the true label.
     with torch.no_grad():
         objective = seen["objective"](x)
@@ -264,7 +288,7 @@ def test_ard_reweighted_with_no_attack_equals_hand_weighted_mean(
         attack=AttackSpec(0.2, 0.05, steps=0),
         reweight=True,
     ).eval()
-    loss, _ = method.step(batch)
+    loss, _, _ = method.step(batch)
     x, y = batch.images, batch.labels
     (t,) = _logits(method.teacher, x)
     (s,) = _logits(method.student, x)
@@ -292,7 +316,7 @@ def test_rslad_formula(weights, reduction, trained_teacher, train_split, batch):
     x = batch.images
     x_adv = _fixed_adversarial(x)
     seen = _stub_attack(method, x_adv)
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
 
     (t,) = _logits(method.teacher, x)
     s, s_adv = _logits(method.student, x, x_adv)
@@ -300,8 +324,8 @@ def test_rslad_formula(weights, reduction, trained_teacher, train_split, batch):
     if reduction is None:  # default 'mean', the authors' torch.mean over batch x classes
         kl_adv, kl_nat = kl_adv / 10, kl_nat / 10
     assert loss.item() == pytest.approx((adv_w * kl_adv + nat_w * kl_nat).item(), rel=1e-5)
-    assert terms["kl_adv"].item() == pytest.approx(kl_adv.item(), rel=1e-5)
-    assert terms["kl_nat"].item() == pytest.approx(kl_nat.item(), rel=1e-5)
+    assert diagnostics["kl_adv"].item() == pytest.approx(kl_adv.item(), rel=1e-5)
+    assert diagnostics["kl_nat"].item() == pytest.approx(kl_nat.item(), rel=1e-5)
     # The attack maximises KL(t(x) || s(x')), not a label loss.
     with torch.no_grad():
         objective = seen["objective"](x_adv)
@@ -326,7 +350,7 @@ def test_iad_formula_after_warmup(alpha, temperature, beta, trained_teacher, tra
     x, y = batch.images, batch.labels
     x_adv = _fixed_adversarial(x)
     seen = _stub_attack(method, x_adv)
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
 
     t, t_adv = _logits(method.teacher, x, x_adv)
     s, s_adv = _logits(method.student, x, x_adv)
@@ -335,8 +359,8 @@ def test_iad_formula_after_warmup(alpha, temperature, beta, trained_teacher, tra
     introspection = ((1 - trust) * _kl64(s, s_adv)).mean()  # at T = 1
     expected = alpha * (distill + introspection) + (1 - alpha) * _ce64(s, y).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert terms["trust"].item() == pytest.approx(trust.mean().item(), rel=1e-5)
-    assert terms["introspection"].item() == pytest.approx(introspection.item(), rel=1e-5)
+    assert diagnostics["trust"].item() == pytest.approx(trust.mean().item(), rel=1e-5)
+    assert diagnostics["introspection"].item() == pytest.approx(introspection.item(), rel=1e-5)
     assert introspection.item() > 1e-3 * expected.item()  # the check above is not vacuous
     with torch.no_grad():
         objective = seen["objective"](x)
@@ -352,12 +376,12 @@ def test_iad_warmup_is_ard_with_its_own_temperature(trained_teacher, train_split
     x, y = batch.images, batch.labels
     x_adv = _fixed_adversarial(x)
     _stub_attack(method, x_adv)
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
     (t,) = _logits(method.teacher, x)
     s, s_adv = _logits(method.student, x, x_adv)
     expected = 0.8 * 4.0 * _kl64(t, s_adv, 2.0).mean() + 0.2 * _ce64(s, y).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert "introspection" not in terms
+    assert "introspection" not in diagnostics
 
 
 def test_iad_warmup_schedule(trained_teacher, train_split):
@@ -389,7 +413,7 @@ def test_iad_detach_natural_changes_gradient_not_value(trained_teacher, train_sp
             detach_natural=detach,
         ).eval()
         _stub_attack(method, x_adv)
-        loss, _ = method.step(batch)
+        loss, _, _ = method.step(batch)
         (grad,) = torch.autograd.grad(loss, [method.student.classifier.weight])
         results.append((loss.item(), grad))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)

@@ -295,8 +295,8 @@ def test_ddp_wraps_the_modules_a_method_trains_and_runs_its_step() -> None:
             self.bank = nn.Module()
             self.bank.register_buffer("rows", torch.zeros(5, 2))
 
-        def step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
-            return self.student(batch).sum() + self.frozen(batch).sum(), {}
+        def step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+            return self.student(batch).sum() + self.frozen(batch).sum(), {}, {}
 
     toy = Toy()
     wrapped = distributed.TrainedModules(toy)

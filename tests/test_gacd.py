@@ -107,12 +107,12 @@ def _sgd_step(
     method: GACD, optimizer: torch.optim.Optimizer, batch: Batch
 ) -> tuple[float, dict[str, Tensor]]:
     """One training step as the trainer runs it: step, backward, optimiser, after_step."""
-    loss, terms = method.step(batch)
+    loss, terms, diagnostics = method.step(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     method.after_step(batch)
-    return float(loss.detach()), terms
+    return float(loss.detach()), {**terms, **diagnostics}
 
 
 def _embedding_cosines(method: GACD, data: PreparedData) -> tuple[float, float]:
@@ -264,7 +264,7 @@ def test_bank_read_only_in_attacks_and_evaluation_written_after_step(
     # and only the rows of the batch's indices.
     method.train()
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
-    loss, _ = method.step(batch)
+    loss, _, _ = method.step(batch)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -363,7 +363,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
     method = _gacd(digits_teacher_path, digits_data, positive_attack="none", reweight=reweight)
     batch = _batch(digits_data, 48, offset=300)
     state = method._sample_gen.get_state()
-    loss, terms = method.step(batch)
+    loss, _, diagnostics = method.step(batch)
 
     x, y = batch.images, batch.labels
     with torch.no_grad():
@@ -384,7 +384,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
     )
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
     if reweight:
-        assert float(terms["weight"]) == pytest.approx(float(probs.mean()), rel=1e-5)
+        assert float(diagnostics["weight"]) == pytest.approx(float(probs.mean()), rel=1e-5)
         unweighted = nce_loss(
             s_emb,
             t_emb,
@@ -397,7 +397,7 @@ def test_step_loss_is_weighted_nce_or_plain_nce(
         assert float(probs.max()) < 1.0
         assert float(loss.detach()) < float(unweighted)
     else:
-        assert "weight" not in terms
+        assert "weight" not in diagnostics
 
 
 # ----------------------------------------------------------------------------- 6. collapse

@@ -100,7 +100,7 @@ def _ours(
 
 def _step(method: Method, batch: Batch) -> tuple[Tensor, list[Tensor]]:
     method.student.train()
-    loss, _ = method.step(batch)
+    loss, _, _ = method.step(batch)
     grads = torch.autograd.grad(loss, list(method.student.parameters()))
     return loss.detach(), [g.detach() for g in grads]
 

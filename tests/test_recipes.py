@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch.nn.functional as F
 import yaml
-from torch import Tensor
 
 from conftest import TINY_EXPERIMENT_BASE
 from gacd.cli import main
@@ -24,8 +23,10 @@ from gacd.methods import (
     MethodOptions,
     Recipe,
     StageTemplate,
+    Step,
     recipe,
     register_method,
+    step_output,
 )
 from gacd.methods import stage_kinds as kinds_of_stages
 
@@ -43,9 +44,9 @@ class WarmThenHarden(Method):
     label = "Warm+Harden"
     Options = WarmThenHardenOptions
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = F.cross_entropy(self.student(batch.images), batch.labels)
-        return loss, {"ce": loss.detach()}
+    def step(self, batch: Batch) -> Step:
+        ce = F.cross_entropy(self.student(batch.images), batch.labels)
+        return step_output({"ce": ce}, {})
 
     @classmethod
     def recipes(cls) -> tuple[Recipe, ...]:

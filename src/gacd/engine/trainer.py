@@ -312,14 +312,21 @@ class Trainer:
         for step, batch in enumerate(steps):
             with self._autocast():
                 # Under DDP the backward below averages the gradients over ranks.
-                loss, terms = self.ddp(batch) if self.ddp is not None else method.step(batch)
+                loss, terms, diagnostics = (
+                    self.ddp(batch) if self.ddp is not None else method.step(batch)
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             method.after_step(batch)
             count += 1
-            for key, value in (("loss", loss), *terms.items()):
+            logged = (
+                ("train_loss", loss),
+                *((f"loss_{k}", v) for k, v in terms.items()),
+                *((f"train_{k}", v) for k, v in diagnostics.items()),
+            )
+            for key, value in logged:
                 value = torch.as_tensor(value).detach().float()
                 sums[key] = sums[key] + value if key in sums else value
             finite = torch.isfinite(loss.detach()).all()
@@ -332,7 +339,8 @@ class Trainer:
         # Ranks drift apart only in BatchNorm statistics (gradients are averaged).
         average_batchnorm_statistics(method)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-        means = {f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}
+        # train_loss, its weighted terms (loss_<term>, which add up to it) and diagnostics.
+        means = {k: float(v) / max(count, 1) for k, v in sums.items()}
         record.update(mean_across_ranks(means))
         record["epoch_seconds"] = time.perf_counter() - started
         return record
@@ -377,8 +385,12 @@ class Trainer:
 
 
 def epoch_line(method: str, record: dict[str, Any], epochs: int, left: str = "") -> str:
-    """'pgd_at epoch 3/30: loss 1.234, val natural 95.12%, val PGD 55.30% (2.1 s, ~1 min left)'"""
+    """'pgd_at epoch 3/30: loss 1.234, val natural 95.12%, val PGD 55.30% (2.1 s, ~1 min left)';
+    a loss of several terms is spelled out: 'loss 0.61 = kl_adv 0.52 + kl_nat 0.09'."""
     parts = [f"loss {record['train_loss']:.4g}"] if "train_loss" in record else []
+    terms = {k[len("loss_") :]: v for k, v in record.items() if k.startswith("loss_")}
+    if parts and len(terms) > 1:
+        parts[0] += " = " + " + ".join(f"{k} {v:.4g}" for k, v in terms.items())
     if "val_nat" in record:
         parts.append(f"val natural {record['val_nat']:.2f}%")
     if "val_adv" in record:

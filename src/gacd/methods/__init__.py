@@ -18,6 +18,7 @@ from gacd.methods.base import (
     Method,
     MethodContext,
     MethodOptions,
+    Step,
     all_recipes,
     build_method,
     method_class,
@@ -26,6 +27,7 @@ from gacd.methods.base import (
     recipe,
     register_method,
     stage_kinds,
+    step_output,
 )
 from gacd.methods.recipes import Recipe, StageTemplate
 
@@ -36,6 +38,7 @@ __all__ = [
     "MethodOptions",
     "Recipe",
     "StageTemplate",
+    "Step",
     "all_recipes",
     "build_method",
     "method_class",
@@ -44,4 +47,5 @@ __all__ = [
     "recipe",
     "register_method",
     "stage_kinds",
+    "step_output",
 ]

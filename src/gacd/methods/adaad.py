@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
 
 from gacd.attacks import model_kl
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import KLReduction, accuracy, kl_divergence
 
 
@@ -56,7 +55,7 @@ class AdaAD(Method):
         "train_mode": False,
     }
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         opts: AdaADOptions = self.options
         x, y = batch.images, batch.labels
         # The teacher is attacked too; attack_mode keeps it frozen and in eval mode.
@@ -70,10 +69,11 @@ class AdaAD(Method):
             teacher_adv = self.teacher(x_adv)
         kl_adv = kl_divergence(teacher_adv, logits_adv, reduction=opts.kl_reduction)
         kl_nat = kl_divergence(teacher_logits, logits, reduction=opts.kl_reduction)
-        loss = opts.alpha * kl_adv + (1.0 - opts.alpha) * kl_nat
-        return loss, {
-            "kl_adv": kl_adv.detach(),
-            "kl_nat": kl_nat.detach(),
+        terms = {"kl_adv": opts.alpha * kl_adv, "kl_nat": (1.0 - opts.alpha) * kl_nat}
+        diagnostics = {
+            "kl_adv": kl_adv,
+            "kl_nat": kl_nat,
             "acc": accuracy(logits, y),
             "acc_adv": accuracy(logits_adv, y),
         }
+        return step_output(terms, diagnostics)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import (
     KLReduction,
@@ -78,7 +78,7 @@ class ARD(Method):
         weighted = single_stage(cls.name, "ARD w/ weights", True, "ard_reweighted", reweight=True)
         return (*super().recipes(), weighted)
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         opts: ARDOptions = self.options
         x, y = batch.images, batch.labels
         x_adv = self.adversary(lambda: cross_entropy(self.student, y), x, [self.student])
@@ -88,28 +88,25 @@ class ARD(Method):
         kl_per_sample = kl_divergence(
             teacher_logits, logits_adv, opts.temperature, reduction="none"
         )
-        terms: dict[str, Tensor] = {}
+        diagnostics: dict[str, Tensor] = {}
         if opts.reweight:
             with torch.no_grad():
                 weight = teacher_confidence(self.teacher(x_adv), y)
             kl_per_sample = weight * kl_per_sample
-            terms["weight"] = weight.mean()
+            diagnostics["weight"] = weight.mean()
         kl = reduce_kl(kl_per_sample, opts.kl_reduction, logits_adv.shape[1])
-        loss = opts.alpha * opts.temperature**2 * kl
+        terms = {"kl_adv": opts.alpha * opts.temperature**2 * kl}
         if opts.alpha < 1.0:
             logits = self.student(x)
             ce = F.cross_entropy(logits.float(), y)
-            loss = loss + (1.0 - opts.alpha) * ce
+            terms["ce"] = (1.0 - opts.alpha) * ce
         else:
             # Without the CE term the clean pass only feeds the logs (and, like the authors'
             # code, the BatchNorm running statistics): no graph needed.
             with torch.no_grad():
                 logits = self.student(x)
                 ce = F.cross_entropy(logits.float(), y)
-        terms.update(
-            kl_adv=kl.detach(),
-            ce=ce.detach(),
-            acc=accuracy(logits, y),
-            acc_adv=accuracy(logits_adv, y),
+        diagnostics.update(
+            kl_adv=kl, ce=ce, acc=accuracy(logits, y), acc_adv=accuracy(logits_adv, y)
         )
-        return loss, terms
+        return step_output(terms, diagnostics)

@@ -23,6 +23,22 @@ from gacd.models import ImageClassifier
 from gacd.options import from_dict
 from gacd.registry import Registry
 
+# What `Method.step` returns: (loss, terms, diagnostics), the dicts of detached 0-d tensors
+# (the loop averages them per epoch without a device sync per step).
+Step = tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]
+
+
+def step_output(terms: dict[str, Tensor], diagnostics: dict[str, Tensor]) -> Step:
+    """The loss as the sum of its weighted `terms` (in order, with their graphs), and both
+    dicts detached for logging: the terms add up to the loss by construction."""
+    loss = sum(terms.values())
+    assert isinstance(loss, Tensor), "a step needs at least one loss term"
+    return (
+        loss,
+        {k: v.detach() for k, v in terms.items()},
+        {k: v.detach() for k, v in diagnostics.items()},
+    )
+
 
 @dataclass
 class MethodContext:
@@ -121,9 +137,10 @@ class Method(nn.Module):
                 objective = make_objective()
             return pgd(objective, x, self.attack, generator=self.attack_generator)
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss to minimise and named terms for logging (detached 0-d tensors: the loop
-        averages them per epoch without a device sync per step)."""
+    def step(self, batch: Batch) -> Step:
+        """(loss, terms, diagnostics): the loss to minimise; its weighted terms, which add up
+        to it (logging then explains the loss); and diagnostics such as accuracies, raw
+        divergences, cosines and weights. Build it with `step_output`."""
         raise NotImplementedError
 
     def after_step(self, batch: Batch) -> None:

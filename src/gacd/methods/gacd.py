@@ -27,7 +27,14 @@ from gacd.contrastive import (
 )
 from gacd.data import Batch
 from gacd.engine.distributed import all_gather_cat, is_distributed
-from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
+from gacd.methods.base import (
+    Method,
+    MethodContext,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 from gacd.methods.recipes import Recipe, StageTemplate
 from gacd.options import check_range
@@ -206,7 +213,7 @@ class GACD(Method):
             log_z = z.log_z.clone()
         return nce_loss_from_scores(pos, neg, weight, o.temperature, self.n_data, log_z)
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         o = self.options
         y = batch.labels
         x_pos = self.positives(batch)
@@ -220,31 +227,28 @@ class GACD(Method):
         weight = teacher_confidence(t_logits, y) if o.reweight else None
         negatives = self.sampler.sample(y, self.k, generator=self._sample_gen)
         terms: dict[str, Tensor] = {}
-        loss = s_emb.new_zeros(())
+        diagnostics: dict[str, Tensor] = {}
         if o.anchor in ("student", "symmetric"):
-            nce_s = self._nce(
+            terms["nce"] = self._nce(
                 s_emb, t_emb.detach(), self.teacher_bank, self.z_student, negatives, weight
             )
-            loss = loss + nce_s
-            terms["nce"] = nce_s.detach()
         if o.anchor in ("teacher", "symmetric"):
-            nce_t = self._nce(t_emb, s_emb, self.student_bank, self.z_teacher, negatives, weight)
-            loss = loss + nce_t
-            terms["nce_t"] = nce_t.detach()
+            terms["nce_t"] = self._nce(
+                t_emb, s_emb, self.student_bank, self.z_teacher, negatives, weight
+            )
         if o.ce_weight > 0:
-            ce = F.cross_entropy(s_logits.float(), y)
-            loss = loss + o.ce_weight * ce
-            terms["ce"] = ce.detach()
+            diagnostics["ce"] = ce = F.cross_entropy(s_logits.float(), y)
+            terms["ce"] = o.ce_weight * ce
         if o.kd_weight > 0:
             kd = kl_divergence(t_logits, s_logits, o.kd_temperature) * o.kd_temperature**2
-            loss = loss + o.kd_weight * kd
-            terms["kd"] = kd.detach()
+            diagnostics["kd"] = kd
+            terms["kd"] = o.kd_weight * kd
         if weight is not None:
-            terms["weight"] = weight.mean().detach()
-        terms["pos_cos"] = (s_emb * t_emb).sum(dim=1).mean().detach()
-        terms["teacher_acc"] = accuracy(t_logits, y)
+            diagnostics["weight"] = weight.mean()
+        diagnostics["pos_cos"] = (s_emb * t_emb).sum(dim=1).mean()
+        diagnostics["teacher_acc"] = accuracy(t_logits, y)
         self._pending = (batch.indices, t_emb.detach(), s_emb.detach())
-        return loss, terms
+        return step_output(terms, diagnostics)
 
     def after_step(self, batch: Batch) -> None:
         # The banks change only here, after the optimiser step: never inside an attack or an

@@ -35,12 +35,18 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
+from gacd.methods.base import (
+    Method,
+    MethodContext,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import accuracy, kl_divergence, teacher_confidence
 
@@ -99,7 +105,7 @@ class IAD(Method):
         # Derived from the epoch alone, so a resumed run lands in the right phase.
         self.in_warmup = epoch < self.options.warmup_length(epochs)
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         opts: IADOptions = self.options
         x, y = batch.images, batch.labels
         x_adv = self.adversary(lambda: cross_entropy(self.student, y), x, [self.student])
@@ -112,12 +118,12 @@ class IAD(Method):
             logits = self.student(x)
         kl = kl_divergence(teacher_logits, logits_adv, opts.temperature)
         ce = F.cross_entropy(logits.float(), y)
-        loss = opts.alpha * opts.temperature**2 * kl
+        terms = {"kl_adv": opts.alpha * opts.temperature**2 * kl}
         if opts.alpha < 1.0:
-            loss = loss + (1.0 - opts.alpha) * ce
-        terms = {
-            "kl_adv": kl.detach(),
-            "ce": ce.detach(),
+            terms["ce"] = (1.0 - opts.alpha) * ce
+        diagnostics = {
+            "kl_adv": kl,
+            "ce": ce,
             "acc": accuracy(logits, y),
             "acc_adv": accuracy(logits_adv, y),
         }
@@ -127,6 +133,6 @@ class IAD(Method):
             target = logits.detach() if opts.detach_natural else logits
             self_kl = kl_divergence(target, logits_adv, reduction="none")
             introspection = ((1.0 - trust) * self_kl).mean()
-            loss = loss + opts.alpha * introspection
-            terms.update(introspection=introspection.detach(), trust=trust.mean())
-        return loss, terms
+            terms["introspection"] = opts.alpha * introspection
+            diagnostics.update(introspection=introspection, trust=trust.mean())
+        return step_output(terms, diagnostics)

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import accuracy, kl_divergence
 
 
@@ -53,7 +52,7 @@ class KD(Method):
     # accuracy sits near 0 on every epoch, so picking the best epoch by it would pick noise.
     selection = "val_nat"
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         opts: KDOptions = self.options
         x, y = batch.images, batch.labels
         with torch.no_grad():
@@ -61,5 +60,5 @@ class KD(Method):
         logits = self.student(x)
         kl = kl_divergence(teacher_logits, logits, opts.temperature)
         ce = F.cross_entropy(logits.float(), y)
-        loss = opts.alpha * opts.temperature**2 * kl + (1.0 - opts.alpha) * ce
-        return loss, {"kl": kl.detach(), "ce": ce.detach(), "acc": accuracy(logits, y)}
+        terms = {"kl": opts.alpha * opts.temperature**2 * kl, "ce": (1.0 - opts.alpha) * ce}
+        return step_output(terms, {"kl": kl, "ce": ce, "acc": accuracy(logits, y)})

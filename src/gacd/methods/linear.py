@@ -7,11 +7,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodContext, MethodOptions, register_method
+from gacd.methods.base import (
+    Method,
+    MethodContext,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.losses import accuracy
 from gacd.methods.recipes import Recipe
 
@@ -56,12 +62,12 @@ class LinearProbe(Method):
         self.student.eval()
         return self
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         x, y = batch.images, batch.labels
         if self.options.adversarial:
             x = self.adversary(lambda: cross_entropy(self.student, y), x, [self.student])
         with torch.no_grad():
             features = self.student.forward_features(x)[0]
         logits = self.student.classifier(features)
-        loss = F.cross_entropy(logits.float(), y)
-        return loss, {"ce": loss.detach(), "acc": accuracy(logits, y)}
+        ce = F.cross_entropy(logits.float(), y)
+        return step_output({"ce": ce}, {"acc": accuracy(logits, y)})

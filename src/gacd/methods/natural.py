@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import accuracy
 
 
@@ -24,7 +23,7 @@ class Natural(Method):
     label = "Natural training"
     selection = "val_nat"
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         logits = self.student(batch.images)
-        loss = F.cross_entropy(logits.float(), batch.labels)
-        return loss, {"ce": loss.detach(), "acc": accuracy(logits, batch.labels)}
+        ce = F.cross_entropy(logits.float(), batch.labels)
+        return step_output({"ce": ce}, {"acc": accuracy(logits, batch.labels)})

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import accuracy
 
 
@@ -39,10 +38,10 @@ class PGDAT(Method):
         "train_mode": False,
     }
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         x_adv = self.adversary(
             lambda: cross_entropy(self.student, batch.labels), batch.images, [self.student]
         )
         logits = self.student(x_adv)
-        loss = F.cross_entropy(logits.float(), batch.labels)
-        return loss, {"ce_adv": loss.detach(), "acc_adv": accuracy(logits, batch.labels)}
+        ce = F.cross_entropy(logits.float(), batch.labels)
+        return step_output({"ce_adv": ce}, {"acc_adv": accuracy(logits, batch.labels)})

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
 
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import KLReduction, accuracy, kl_divergence
 
 
@@ -60,7 +59,7 @@ class RSLAD(Method):
         "train_mode": False,
     }
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         opts: RSLADOptions = self.options
         x, y = batch.images, batch.labels
         with torch.no_grad():
@@ -72,10 +71,11 @@ class RSLAD(Method):
         logits = self.student(x)
         kl_adv = kl_divergence(teacher_logits, logits_adv, reduction=opts.kl_reduction)
         kl_nat = kl_divergence(teacher_logits, logits, reduction=opts.kl_reduction)
-        loss = opts.adv_weight * kl_adv + opts.nat_weight * kl_nat
-        return loss, {
-            "kl_adv": kl_adv.detach(),
-            "kl_nat": kl_nat.detach(),
+        terms = {"kl_adv": opts.adv_weight * kl_adv, "kl_nat": opts.nat_weight * kl_nat}
+        diagnostics = {
+            "kl_adv": kl_adv,
+            "kl_nat": kl_nat,
             "acc": accuracy(logits, y),
             "acc_adv": accuracy(logits_adv, y),
         }
+        return step_output(terms, diagnostics)

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
-from torch import Tensor
 
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, register_method
+from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.losses import accuracy, kl_divergence
 
 
@@ -38,7 +37,7 @@ class Trades(Method):
         "train_mode": False,
     }
 
-    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, batch: Batch) -> Step:
         x = batch.images
         x_adv = self.adversary(
             lambda: kl_to_reference(self.student, self.student(x)), x, [self.student]
@@ -47,10 +46,11 @@ class Trades(Method):
         logits_adv = self.student(x_adv)
         ce = F.cross_entropy(logits.float(), batch.labels)
         robust = kl_divergence(logits, logits_adv)
-        loss = ce + self.options.beta * robust
-        return loss, {
-            "ce": ce.detach(),
-            "kl_adv": robust.detach(),
+        terms = {"ce": ce, "kl_adv": self.options.beta * robust}
+        diagnostics = {
+            "ce": ce,
+            "kl_adv": robust,
             "acc": accuracy(logits, batch.labels),
             "acc_adv": accuracy(logits_adv, batch.labels),
         }
+        return step_output(terms, diagnostics)
