@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import Objective
 from gacd.config import ConfigError, from_dict
-from gacd.data import Batch
+from gacd.data import Batch, DeviceSplit
 from gacd.models import ImageClassifier
 from gacd.registry import Registry
 
@@ -36,6 +36,9 @@ class MethodContext:
     # This rank's own CPU generator for attack starts and sampling (the trainer checkpoints
     # it with every generator listed by `Method.generators`).
     generator: torch.Generator
+    # The training split itself (no augmentation), for methods that need one pass over it
+    # before training (GACD's memory-bank warm start). None where no split is at hand.
+    train_data: DeviceSplit | None = None
 
 
 @dataclass
