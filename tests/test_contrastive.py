@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gacd.contrastive import (
+    COLLAPSE_COSINE,
     ClassAwareNegativeSampler,
+    EmbeddingCollapseWarning,
     EmbeddingHead,
     MemoryBank,
     NormalizerZ,
+    collapse_message,
+    cross_class_cosine,
     estimate_log_z,
     nce_loss,
+    warn_if_collapsed,
 )
 
 
@@ -349,9 +355,85 @@ def test_embedding_head_unit_norm_and_frozen_option() -> None:
     assert torch.isfinite(xz.grad).all()
 
 
+def test_embedding_head_batchnorm_centres_features_by_batch_then_running_statistics() -> None:
+    torch.manual_seed(0)
+    head = EmbeddingHead(10, 6, batchnorm=True)
+    x = torch.rand(32, 10) * 5.0  # non-negative, like pooled ReLU features
+    w, b = head.linear.weight, head.linear.bias
+    # Train mode: each feature standardised by the batch (biased variance, BN's eps 1e-5).
+    mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+    expected = F.normalize(((x - mean) / torch.sqrt(var + 1e-5)) @ w.T + b, dim=1)
+    torch.testing.assert_close(head(x), expected, rtol=1e-5, atol=1e-5)
+    # Eval mode: the running statistics (one update, momentum 0.1, unbiased variance).
+    head.eval()
+    r_mean = 0.9 * torch.zeros(10) + 0.1 * mean
+    r_var = 0.9 * torch.ones(10) + 0.1 * x.var(dim=0, unbiased=True)
+    expected = F.normalize(((x - r_mean) / torch.sqrt(r_var + 1e-5)) @ w.T + b, dim=1)
+    torch.testing.assert_close(head(x), expected, rtol=1e-5, atol=1e-5)
+    # No affine parameters: the trainable parameters are the projection's only.
+    assert {n for n, _ in head.named_parameters()} == {"linear.weight", "linear.bias"}
+
+
 def test_embedding_head_fp32_under_bf16_autocast() -> None:
     head = EmbeddingHead(10, 6)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = head(torch.randn(3, 10))
     assert out.dtype == torch.float32
     assert head(torch.randn(3, 10, dtype=torch.float64).float()).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- bank fill
+
+
+def test_bank_fill_replaces_every_row_with_the_normalised_embeddings() -> None:
+    bank = MemoryBank(12, 5, generator=torch.Generator().manual_seed(0))
+    new = torch.randn(12, 5, generator=torch.Generator().manual_seed(1)) * 3.0
+    bank.fill(new)
+    expected = new / new.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(bank.embeddings, expected)
+    with pytest.raises(ValueError, match="shape"):
+        bank.fill(torch.randn(11, 5))
+
+
+# ----------------------------------------------------------------------------- collapse
+
+
+def _pairwise_reference(emb: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cosine over ordered pairs of different labels, by explicit loops."""
+    values = []
+    for i, j in itertools.product(range(len(labels)), repeat=2):
+        if labels[i] != labels[j]:
+            values.append(float(F.cosine_similarity(emb[i], emb[j], dim=0)))
+    return sum(values) / len(values)
+
+
+def test_cross_class_cosine_is_the_mean_over_pairs_of_different_classes() -> None:
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(9, 4, generator=g) * 2.0  # not unit: the detector normalises
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 1, 0, 3])
+    got = float(cross_class_cosine(emb, labels))
+    assert got == pytest.approx(_pairwise_reference(emb, labels), abs=1e-6)
+    assert math.isnan(float(cross_class_cosine(emb, torch.zeros(9, dtype=torch.long))))
+
+
+def test_detector_fires_on_collapsed_embeddings_and_not_on_spread_ones() -> None:
+    g = torch.Generator().manual_seed(4)
+    labels = torch.arange(10).repeat_interleave(20)
+    # Collapsed: every sample near one direction, whatever its class.
+    collapsed = torch.ones(200, 32) + 0.1 * torch.randn(200, 32, generator=g)
+    # Spread: each class around its own random direction.
+    centres = torch.randn(10, 32, generator=g)
+    spread = centres[labels] + 0.1 * torch.randn(200, 32, generator=g)
+    c = float(cross_class_cosine(collapsed, labels))
+    s = float(cross_class_cosine(spread, labels))
+    assert c > COLLAPSE_COSINE > s
+    message = collapse_message(c, epoch=3)
+    assert message is not None
+    assert message.startswith("GACD collapse: mean cross-class cosine")
+    assert f"> {COLLAPSE_COSINE} at epoch 3" in message
+    assert collapse_message(s, epoch=3) is None
+    with pytest.warns(EmbeddingCollapseWarning, match="at epoch 3"):
+        assert warn_if_collapsed(c, epoch=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_collapsed(s, epoch=3)

@@ -236,6 +236,7 @@ def build_trainer(config: RunConfig, data: PreparedData | None = None) -> Traine
         num_classes=data.raw.num_classes,
         train_labels=data.train.labels,
         generator=method_generator,
+        train_data=data.train,
     )
     method = build_method(config.method, ctx).to(device)
     seed_rank_globals(config.seed, rank())  # models are built: now each rank its own streams

@@ -98,13 +98,23 @@ def sinkhorn_distance(
     return (plan * cost).sum()
 
 
-def feature_transport(model: nn.Module, x_natural: Tensor, **sinkhorn_kwargs: float) -> Objective:
-    """Feature-scattering objective: OT distance between the model's features of the
-    adversarial batch and of the natural batch (a batch-level scalar)."""
+def feature_transport(
+    model: nn.Module,
+    x_natural: Tensor,
+    *,
+    space: str = "features",
+    **sinkhorn_kwargs: float,
+) -> Objective:
+    """Feature-scattering objective: OT distance between the model's outputs on the
+    adversarial and on the natural batch (a batch-level scalar). `space` "features" compares
+    penultimate features, "logits" the logits (feature scattering's own choice)."""
+    if space not in ("features", "logits"):
+        raise ValueError(f"space must be 'features' or 'logits', got {space!r}")
+    index = 0 if space == "features" else 1
     with torch.no_grad():
-        natural = model.forward_features(x_natural)[0].float()
+        natural = model.forward_features(x_natural)[index].float()
 
     def objective(x: Tensor) -> Tensor:
-        return sinkhorn_distance(model.forward_features(x)[0], natural, **sinkhorn_kwargs)
+        return sinkhorn_distance(model.forward_features(x)[index], natural, **sinkhorn_kwargs)
 
     return objective

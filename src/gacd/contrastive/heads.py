@@ -21,6 +21,7 @@ class EmbeddingHead(nn.Module):
         *,
         trainable: bool = True,
         eps: float = 1e-8,
+        batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if feature_dim <= 0 or dim <= 0:
@@ -29,12 +30,16 @@ class EmbeddingHead(nn.Module):
         self.dim = dim
         self.trainable = trainable
         self.eps = eps
+        # Optional BatchNorm (no affine) on the input features: pooled ReLU features all lie
+        # in one orthant, so without centring a fresh head maps every input into one narrow
+        # cone and the contrastive loss starts from collapsed embeddings.
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False) if batchnorm else nn.Identity()
         self.linear = nn.Linear(feature_dim, dim)
         if not trainable:
             self.linear.requires_grad_(False)
 
     def forward(self, features: Tensor) -> Tensor:
-        z = self.linear(features)
+        z = self.linear(self.norm(features))
         # Normalise in at least fp32: under bf16 autocast the projection comes out in bf16,
         # and the NCE scores a.b / T (T as small as 0.02) amplify its rounding error.
         dtype = torch.promote_types(z.dtype, torch.float32)

@@ -61,6 +61,18 @@ class MemoryBank(nn.Module):
         return out.view(*idx.shape, self.dim)
 
     @torch.no_grad()
+    def fill(self, embeddings: Tensor) -> None:
+        """Replace every row with `embeddings` [n_data, dim], normalised (the warm start:
+        a bank of real embeddings instead of random directions)."""
+        if embeddings.shape != self.embeddings.shape:
+            raise ValueError(
+                f"expected embeddings of shape {tuple(self.embeddings.shape)}, "
+                f"got {tuple(embeddings.shape)}"
+            )
+        new = embeddings.detach().to(device=self.embeddings.device, dtype=torch.float32)
+        self.embeddings.copy_(F.normalize(new, dim=1, eps=self.eps))
+
+    @torch.no_grad()
     def update(self, indices: Tensor, new_embeddings: Tensor) -> None:
         """Momentum update `B[i] <- normalize(m B[i] + (1 - m) t_i)` for indices [N].
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import Objective
-from gacd.data import Batch
+from gacd.data import Batch, DeviceSplit
 from gacd.errors import ConfigError, UnknownName
 from gacd.methods.recipes import STUDENT_KIND, TEACHER_KIND, Recipe, single_stage
 from gacd.models import ImageClassifier
@@ -55,6 +55,9 @@ class MethodContext:
     generator: torch.Generator
     # Train-mode attacks only: let the attack's passes update BatchNorm running statistics.
     attack_bn_update: bool = False
+    # The training split itself (no augmentation), for methods that need one pass over it
+    # before training (GACD's memory-bank warm start). None where no split is at hand.
+    train_data: DeviceSplit | None = None
 
 
 @dataclass
