@@ -147,6 +147,42 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+def _check_settings(
+    eps: float, batch_size: int, version: str, attacks: Sequence[str] | None
+) -> None:
+    if version not in VERSIONS:
+        raise ConfigError(f"AutoAttack version '{version}': choose one of {', '.join(VERSIONS)}")
+    if (version == "custom") != (attacks is not None):
+        raise ConfigError("AutoAttack: give `attacks` with version='custom', and only then")
+    if attacks is not None:
+        unknown = [a for a in attacks if a not in ATTACK_NAMES]
+        if unknown or not attacks:
+            raise ConfigError(
+                f"AutoAttack attacks {list(attacks)}: choose from {', '.join(ATTACK_NAMES)}"
+            )
+    if not eps > 0:
+        raise ConfigError(f"AutoAttack needs eps > 0, got {eps}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+
+
+def _check_classes(num_classes: int, version: str, attacks: list[str] | None) -> None:
+    """The DLR loss reads the 3rd largest logit, its targeted form the 4th."""
+    chosen = set(attacks or ())
+    if version in ("standard", "plus") or "apgd-t" in chosen:
+        min_classes = 4
+    elif version == "rand" or "apgd-dlr" in chosen:
+        min_classes = 3
+    else:
+        min_classes = 2
+    if num_classes < min_classes:
+        raise ConfigError(
+            f"AutoAttack ({version}) needs at least {min_classes} classes for its DLR-loss "
+            f"attacks; the model has {num_classes}: use version='custom' with attacks "
+            "['apgd-ce', 'fab', 'square']"
+        )
+
+
 def autoattack_accuracy(
     model: nn.Module,
     split: DeviceSplit,
@@ -172,20 +208,7 @@ def autoattack_accuracy(
     findings are issued as `AutoAttackCheckWarning`s. `progress` shows a bar on a terminal,
     or a line per chunk of points elsewhere.
     """
-    if version not in VERSIONS:
-        raise ConfigError(f"AutoAttack version '{version}': choose one of {', '.join(VERSIONS)}")
-    if (version == "custom") != (attacks is not None):
-        raise ConfigError("AutoAttack: give `attacks` with version='custom', and only then")
-    if attacks is not None:
-        unknown = [a for a in attacks if a not in ATTACK_NAMES]
-        if unknown or not attacks:
-            raise ConfigError(
-                f"AutoAttack attacks {list(attacks)}: choose from {', '.join(ATTACK_NAMES)}"
-            )
-    if not eps > 0:
-        raise ConfigError(f"AutoAttack needs eps > 0, got {eps}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    _check_settings(eps, batch_size, version, attacks)
     auto_attack_cls = require_autoattack()
 
     x, y = _first_samples(split, max_samples)
@@ -196,20 +219,7 @@ def autoattack_accuracy(
         with torch.no_grad():
             num_classes = int(model(x[:1]).shape[1])
         run_attacks = list(attacks) if attacks is not None else None
-        # The DLR loss reads the 3rd largest logit, its targeted form the 4th.
-        chosen = set(run_attacks or ())
-        if version in ("standard", "plus") or "apgd-t" in chosen:
-            min_classes = 4
-        elif version == "rand" or "apgd-dlr" in chosen:
-            min_classes = 3
-        else:
-            min_classes = 2
-        if num_classes < min_classes:
-            raise ConfigError(
-                f"AutoAttack ({version}) needs at least {min_classes} classes for its DLR-loss "
-                f"attacks; the model has {num_classes}: use version='custom' with attacks "
-                "['apgd-ce', 'fab', 'square']"
-            )
+        _check_classes(num_classes, version, run_attacks)
         messages: list[str] = []
         adversarial = []
         points = len(y)
