@@ -285,7 +285,7 @@ def test_unknown_experiment_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
             {
                 "students": {
                     "archs": ["digits_cnn_small"],
-                    "methods": {"gacd": {"method": {"temperature": 0.2}}, "gacd_aft": None},
+                    "methods": {"gacd": {"method": {"temperature": 0.5}}, "gacd_aft": None},
                 },
                 "sweep": None,
             },
