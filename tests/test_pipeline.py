@@ -74,11 +74,13 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def _status(stdout: str) -> dict[str, str]:
-    """Stage key -> status word from the '[i/n] key: status ...' progress lines."""
+    """Stage key -> status word from the '[i/n] key: status ...' lines that end a stage
+    (not the 'training ...' lines that announce one: with jobs > 1 those come from the
+    workers, in no fixed order with the others)."""
     found = {}
     for line in stdout.splitlines():
         match = re.match(r"\[\d+/\d+\] (\S+): (\w+)", line)
-        if match:
+        if match and match.group(2) not in ("training", "resuming", "retraining"):
             found[match.group(1)] = match.group(2)
     return found
 
@@ -145,6 +147,34 @@ def test_first_run_trains_every_stage_and_records_results(
         ).read_text()
     )
     assert aft["train_seconds"] > distill["train_seconds"]
+
+
+def test_stages_side_by_side_give_the_numbers_of_one_at_a_time(
+    first_run: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """`jobs: 2` trains independent stages in two worker processes, upstream first, with
+    the same seeds: every record equals the sequential run's, and each stage's line is
+    printed once."""
+    _, sequential, _ = first_run
+    run = tmp_path / "jobs2"
+    config = _write(tmp_path / "jobs2.yaml", {**EXPERIMENT, "out": str(run), "jobs": 2})
+    done = subprocess.run(
+        [sys.executable, "-m", "gacd.cli", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _status(done.stdout) == {key: "trained" for key in TRAINED}
+    for key in TRAINED:
+        assert len(re.findall(rf"\] {re.escape(key)}: trained", done.stdout)) == 1
+
+    def records(root: Path) -> list[tuple]:
+        found = json.loads((root / "results.json").read_text())["records"]
+        return [(r["stage"], r["selection"], r["epoch"], r["accuracy"]) for r in found]
+
+    assert records(run) == records(sequential)
 
 
 def test_rerun_skips_every_stage(

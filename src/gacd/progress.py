@@ -35,8 +35,10 @@ def bar(
 
 
 def say(message: str) -> None:
-    """One whole line of progress on stdout, flushed (it must reach a log file now)."""
-    print(message, flush=True)
+    """One whole line of progress on stdout, flushed (it must reach a log file now), in a
+    single write: lines of parallel stage workers sharing the output never interleave."""
+    sys.stdout.write(f"{message}\n")
+    sys.stdout.flush()
 
 
 def duration(seconds: float) -> str:

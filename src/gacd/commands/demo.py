@@ -45,6 +45,7 @@ def demo_experiment(
     progress: bool = True,
     epochs_scale: float = 1.0,
     threads: int = 1,
+    jobs: int = 2,
 ) -> ExperimentConfig:
     """The demo's experiment with this invocation's settings."""
     seeds = [seed, seed + 1, seed + 2] if full else [seed]
@@ -56,6 +57,7 @@ def demo_experiment(
             f"seeds={seeds}",
             f"attacks=[{', '.join(demo_attacks(full))}]",
             f"threads={threads}",
+            f"jobs={jobs}",
             f"epochs_scale={epochs_scale}",
             f"base.device={device}",
             f"base.progress={str(progress).lower()}",
@@ -238,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         epochs_scale=args.epochs_scale,
         threads=args.threads,
+        jobs=args.jobs,
     )
     return 0
 
@@ -253,6 +256,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="torch threads (default 1: fastest for the tiny digits models)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="stages trained at once, each in its own process (default 2)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -7,12 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from gacd.config import RunConfig
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.distributed import is_main
+from gacd.engine.export import load_model_meta
 from gacd.engine.trainer import CHECKPOINT, METRICS
 from gacd.experiments.plan import Plan, Stage, stage_root
 from gacd.experiments.spec import ExperimentConfig
 from gacd.methods import recipe
+from gacd.training import PreparedData
 
 MARKER = "stage.json"
 RESULTS = "results.json"
@@ -299,3 +304,25 @@ def decide(
         if not note:
             note = f"from epoch {load_checkpoint(folder / CHECKPOINT).get('epoch')}"
     return status, resume, note
+
+
+def model_epoch(path: str) -> int | None:
+    """The epoch an exported model was saved at, read without loading its weights."""
+    try:  # memory-mapped: only the metadata is read (a WRN-34-10 file is ~180 MB)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, ValueError, OSError):
+        return load_model_meta(path).get("epoch")
+    return (blob.get("meta") or {}).get("epoch")
+
+
+def data_summary(config: RunConfig, data: PreparedData) -> dict[str, Any]:
+    return {
+        "name": config.data.name,
+        "root": config.data.root,
+        "classes": config.data.classes,
+        "resize": config.data.resize,
+        "train_samples": len(data.raw.train),  # before the validation split
+        "test_samples": len(data.raw.test),
+        "num_classes": data.raw.num_classes,
+        "image_shape": list(data.raw.train.images.shape[1:]),
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ import yaml
 
 from gacd.config import RunConfig, training_settings
 from gacd.data import dataset_info
-from gacd.engine.distributed import barrier, init_from_env, is_main
-from gacd.engine.export import load_model, load_model_meta, model_file
+from gacd.engine.distributed import barrier, init_from_env, is_distributed, is_main
+from gacd.engine.export import load_model, model_file
 from gacd.engine.trainer import METRICS, MODEL_BEST, MODEL_LAST
+from gacd.experiments.parallel import run_in_parallel
 from gacd.experiments.plan import Plan, Stage, plan_experiment, stage_root
 from gacd.experiments.probe import run_transfer
 from gacd.experiments.records import (
@@ -38,8 +40,10 @@ from gacd.experiments.records import (
     RESULTS,
     accuracy_text,
     collect_results,
+    data_summary,
     decide,
     fresh_marker,
+    model_epoch,
     read_json,
     smoke_notice,
     wanted_attacks,
@@ -49,7 +53,7 @@ from gacd.experiments.report import write_report
 from gacd.experiments.spec import ExperimentConfig, experiment_dict
 from gacd.models.zoo import is_zoo_id
 from gacd.options import to_dict
-from gacd.progress import remaining
+from gacd.progress import remaining, say
 from gacd.training import (
     PreparedData,
     eval_budget,
@@ -95,7 +99,7 @@ class Runner:
     exp: ExperimentConfig
     root: Path  # stage directories live here
     plan: Plan
-    log: Any = print
+    log: Any = say
     _data: dict[str, PreparedData] = field(default_factory=dict)
     _hashes: dict[str, str] = field(default_factory=dict)
     _position: str = ""  # "[k/n] ~time left", for the line announcing a stage
@@ -202,7 +206,7 @@ class Runner:
             missing = [a for a in attacks if a not in acc]
             epoch, samples = prev.get("epoch"), prev.get("samples")
             if missing:
-                epoch = _model_epoch(path)
+                epoch = model_epoch(path)
                 if epoch != prev.get("epoch"):  # another model than the one evaluated before
                     acc, described, missing = {}, {}, list(attacks)
                 twin = done.get(epoch) if epoch is not None else None
@@ -213,7 +217,7 @@ class Runner:
                     samples = twin["samples"]
             if missing:
                 data = self.data(config)
-                evaluation["data"] = _data_summary(config, data)
+                evaluation["data"] = data_summary(config, data)
                 model = load_model(path, resolve_device(config.device), zoo_root=config.zoo_root)
                 result = evaluate_configured(model, data, config, attacks=missing)
                 acc.update(result["accuracy"])
@@ -234,7 +238,7 @@ class Runner:
             evaluation["models"][selection] = entry
             done[epoch] = entry
         if evaluation["data"] is None:
-            evaluation["data"] = _data_summary(config, self.data(config))
+            evaluation["data"] = data_summary(config, self.data(config))
         evaluation["seconds"] = time.perf_counter() - started + (old.get("seconds") or 0.0)
         marker["evaluation"] = evaluation
         return ran
@@ -269,7 +273,7 @@ class Runner:
                     "samples": payload["samples"],
                 }
             },
-            "data": _data_summary(c, self.data(c)),
+            "data": data_summary(c, self.data(c)),
             "probe": payload["probe"],
         }
         return status, note, marker
@@ -277,7 +281,6 @@ class Runner:
     # -- the whole experiment -------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        stages = list(self.plan.stages.values())
         out = Path(self.exp.out)
         if is_main():
             out.mkdir(parents=True, exist_ok=True)
@@ -287,36 +290,17 @@ class Runner:
         notice = smoke_notice(self.exp, self.plan)
         if notice:
             self.log(f"[{self.exp.name}] {notice}")
+        jobs = 1 if is_distributed() else self.exp.jobs  # torchrun: all ranks on each stage
+        finished = self._sequential() if jobs == 1 else run_in_parallel(self, jobs)
+        order = {key: i for i, key in enumerate(self.plan.stages)}
         summary: list[dict[str, Any]] = []
-        trained_epochs, trained_seconds = 0, 0.0
-        for i, stage in enumerate(stages, 1):
-            # Time left at this run's pace per epoch, over the stages not yet finished.
-            pending = sum(
-                s.config.optim.epochs
-                for s in stages[i - 1 :]
-                if s.external_model is None
-                and (read_json(self.root / s.key / MARKER) or {}).get("status") != "finished"
-            )
-            left = remaining(trained_epochs, trained_epochs + pending, trained_seconds)
-            self._position = f"[{i}/{len(stages)}]" + (f" {left}" if left else "")
-            outcome = self.run_stage(stage)
-            marker = read_json(self.root / stage.key / MARKER) or {}
-            if outcome.status in ("trained", "resumed", "retrained"):
-                trained_epochs += stage.config.optim.epochs
-                trained_seconds += outcome.seconds
-            summary.append(
-                {
-                    "stage": stage.key,
-                    "status": outcome.status,
-                    "seconds": outcome.seconds,
-                    "train_seconds": marker.get("train_seconds"),
-                    "epochs": None if stage.external_model else stage.config.optim.epochs,
-                    "config_epochs": self.exp.file_epochs.get(stage.key),
-                }
-            )
+        results: dict[str, Any] = {}
+        for stage, outcome in finished:
+            summary.append(self._summary(stage, outcome))
+            summary.sort(key=lambda entry: order[entry["stage"]])
             note = f", {outcome.note}" if outcome.note else ""
             self.log(
-                f"[{i}/{len(stages)}] {stage.key}: {outcome.status}{note} "
+                f"[{order[stage.key] + 1}/{len(order)}] {stage.key}: {outcome.status}{note} "
                 f"({outcome.seconds:.1f} s){accuracy_text(self.root / stage.key)}"
             )
             results = collect_results(self.exp, self.plan, summary)
@@ -326,31 +310,56 @@ class Runner:
         write_json(out / RESULTS, results)
         return results
 
+    def _sequential(self) -> Iterator[tuple[Stage, StageOutcome]]:
+        """Each stage in plan order, announced with its position and the time left."""
+        stages = list(self.plan.stages.values())
+        trained_epochs, trained_seconds = 0, 0.0
+        for i, stage in enumerate(stages, 1):
+            self._position = f"[{i}/{len(stages)}]"
+            to_train = trained_epochs + self.pending_epochs(stages[i - 1 :])
+            left = remaining(trained_epochs, to_train, trained_seconds)
+            self._position += f" {left}" if left else ""
+            outcome = self.run_stage(stage)
+            if outcome.status in ("trained", "resumed", "retrained"):
+                trained_epochs += stage.config.optim.epochs
+                trained_seconds += outcome.seconds
+            yield stage, outcome
 
-def _model_epoch(path: str) -> int | None:
-    """The epoch an exported model was saved at, read without loading its weights."""
-    try:  # memory-mapped: only the metadata is read (a WRN-34-10 file is ~180 MB)
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, ValueError, OSError):
-        return load_model_meta(path).get("epoch")
-    return (blob.get("meta") or {}).get("epoch")
+    def run_stage_alone(self, key: str, position: str) -> StageOutcome:
+        """Run one stage in a worker process of a parallel run: the upstream stages are
+        finished, so their fingerprints are computed here first."""
+        if self.exp.threads is not None:
+            torch.set_num_threads(self.exp.threads)
+        for stage in self.plan.stages.values():
+            if stage.key == key:
+                self._position = position
+                return self.run_stage(stage)
+            self._hashes[stage.key] = self.fingerprint(stage)["hash"]
+        raise KeyError(key)
 
+    def pending_epochs(self, stages: list[Stage]) -> int:
+        """Epochs still to train among `stages` (those whose marker is not finished)."""
+        return sum(
+            s.config.optim.epochs
+            for s in stages
+            if s.external_model is None
+            and (read_json(self.root / s.key / MARKER) or {}).get("status") != "finished"
+        )
 
-def _data_summary(config: RunConfig, data: PreparedData) -> dict[str, Any]:
-    return {
-        "name": config.data.name,
-        "root": config.data.root,
-        "classes": config.data.classes,
-        "resize": config.data.resize,
-        "train_samples": len(data.raw.train),  # before the validation split
-        "test_samples": len(data.raw.test),
-        "num_classes": data.raw.num_classes,
-        "image_shape": list(data.raw.train.images.shape[1:]),
-    }
+    def _summary(self, stage: Stage, outcome: StageOutcome) -> dict[str, Any]:
+        marker = read_json(self.root / stage.key / MARKER) or {}
+        return {
+            "stage": stage.key,
+            "status": outcome.status,
+            "seconds": outcome.seconds,
+            "train_seconds": marker.get("train_seconds"),
+            "epochs": None if stage.external_model else stage.config.optim.epochs,
+            "config_epochs": self.exp.file_epochs.get(stage.key),
+        }
 
 
 def run_experiment(
-    exp: ExperimentConfig, *, log: Any = print, report: bool = True
+    exp: ExperimentConfig, *, log: Any = say, report: bool = True
 ) -> dict[str, Any]:
     """Run every stage of `exp` (skipping finished ones), write results.json and report.md."""
     plan = plan_experiment(exp)

@@ -104,6 +104,9 @@ class ExperimentConfig:
     threads: int | None = None
     # Multiplies every stage's epochs (at least 1 each): a quick look at a long experiment.
     epochs_scale: float = 1.0
+    # Stages trained at once, each in its own process (independent stages only; under
+    # torchrun always 1): on a CPU with N cores, N tiny stages side by side.
+    jobs: int = 1
     paper: str | None = None  # key of the paper's reported numbers (gacd.experiments.paper)
     seeds: list[int] = field(default_factory=lambda: [0])
     teachers_per_seed: bool = False  # False: one teacher (first seed) serves every seed
@@ -151,6 +154,8 @@ def parse_experiment(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"name: '{exp.name}' must be a non-empty name without '/'")
     if exp.threads is not None and exp.threads < 1:
         raise ConfigError(f"threads: must be at least 1, got {exp.threads}")
+    if exp.jobs < 1:
+        raise ConfigError(f"jobs: must be at least 1, got {exp.jobs}")
     if exp.epochs_scale <= 0:
         raise ConfigError(f"epochs_scale: must be positive, got {exp.epochs_scale}")
     if not exp.seeds:
