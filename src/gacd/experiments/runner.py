@@ -358,9 +358,7 @@ class Runner:
         }
 
 
-def run_experiment(
-    exp: ExperimentConfig, *, log: Any = say, report: bool = True
-) -> dict[str, Any]:
+def run_experiment(exp: ExperimentConfig, *, log: Any = say, report: bool = True) -> dict[str, Any]:
     """Run every stage of `exp` (skipping finished ones), write results.json and report.md."""
     plan = plan_experiment(exp)
     _require_attacks(exp)

@@ -25,7 +25,14 @@ import torch
 from gacd.attacks import model_kl
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
+from gacd.methods.base import (
+    TRADES_ATTACK,
+    Method,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.losses import KLReduction, accuracy, kl_divergence
 
 
@@ -48,12 +55,7 @@ class AdaAD(Method):
     needs_teacher = True
     # boyellow/AdaAD adaad_inner_loss: BN_eval (student in eval mode), teacher in eval mode,
     # x + 0.001 * randn, 10 steps.
-    attack_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 10,
-        "random_start": True,
-        "start": "normal",
-        "train_mode": False,
-    }
+    attack_defaults: ClassVar[dict[str, Any]] = TRADES_ATTACK
 
     def step(self, batch: Batch) -> Step:
         opts: AdaADOptions = self.options

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from gacd.attacks import cross_entropy
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
+from gacd.methods.base import ARD_ATTACK, Method, MethodOptions, Step, register_method, step_output
 from gacd.methods.kd import check_alpha_temperature
 from gacd.methods.losses import (
     KLReduction,
@@ -64,13 +64,7 @@ class ARD(Method):
     Options = ARDOptions
     needs_teacher = True
     # goldblum/AdversariallyRobustDistillation main.py: AttackPGD runs inside net.train().
-    attack_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 10,
-        "random_start": True,
-        "start": "uniform_unclamped",
-        "train_mode": True,
-        "bn_update": True,
-    }
+    attack_defaults: ClassVar[dict[str, Any]] = ARD_ATTACK
 
     @classmethod
     def recipes(cls) -> tuple[Recipe, ...]:

@@ -23,6 +23,24 @@ from gacd.models import ImageClassifier
 from gacd.options import from_dict
 from gacd.registry import Registry
 
+# The two training attacks the baselines' authors wrote, as `Method.attack_defaults`:
+# ARD's (IAD reuses it): the student attacked in train mode, its passes updating BatchNorm
+# statistics, from an unclamped uniform start; TRADES' (RSLAD and AdaAD follow it): eval
+# mode, from x + 0.001 N(0, 1). Both 10 steps.
+ARD_ATTACK: dict[str, Any] = {
+    "steps": 10,
+    "random_start": True,
+    "start": "uniform_unclamped",
+    "train_mode": True,
+    "bn_update": True,
+}
+TRADES_ATTACK: dict[str, Any] = {
+    "steps": 10,
+    "random_start": True,
+    "start": "normal",
+    "train_mode": False,
+}
+
 # What `Method.step` returns: (loss, terms, diagnostics), the dicts of detached 0-d tensors
 # (the loop averages them per epoch without a device sync per step).
 Step = tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]

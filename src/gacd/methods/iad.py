@@ -40,6 +40,7 @@ from gacd.attacks import cross_entropy
 from gacd.data import Batch
 from gacd.errors import ConfigError
 from gacd.methods.base import (
+    ARD_ATTACK,
     Method,
     MethodContext,
     MethodOptions,
@@ -85,13 +86,7 @@ class IAD(Method):
     Options = IADOptions
     needs_teacher = True
     # ZFancy/IAD IAD-I.py: ARD's AttackPGD inside net.train().
-    attack_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 10,
-        "random_start": True,
-        "start": "uniform_unclamped",
-        "train_mode": True,
-        "bn_update": True,
-    }
+    attack_defaults: ClassVar[dict[str, Any]] = ARD_ATTACK
 
     def __init__(self, ctx: MethodContext, options: IADOptions) -> None:
         super().__init__(ctx, options)

@@ -26,7 +26,14 @@ import torch
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
 from gacd.errors import ConfigError
-from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
+from gacd.methods.base import (
+    TRADES_ATTACK,
+    Method,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.losses import KLReduction, accuracy, kl_divergence
 
 
@@ -52,12 +59,7 @@ class RSLAD(Method):
     Options = RSLADOptions
     needs_teacher = True
     # zibojia/RSLAD rslad_inner_loss: model.eval(), x + 0.001 * randn, 10 steps.
-    attack_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 10,
-        "random_start": True,
-        "start": "normal",
-        "train_mode": False,
-    }
+    attack_defaults: ClassVar[dict[str, Any]] = TRADES_ATTACK
 
     def step(self, batch: Batch) -> Step:
         opts: RSLADOptions = self.options

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 
 from gacd.attacks import kl_to_reference
 from gacd.data import Batch
-from gacd.methods.base import Method, MethodOptions, Step, register_method, step_output
+from gacd.methods.base import (
+    TRADES_ATTACK,
+    Method,
+    MethodOptions,
+    Step,
+    register_method,
+    step_output,
+)
 from gacd.methods.losses import accuracy, kl_divergence
 
 
@@ -30,12 +37,7 @@ class Trades(Method):
     name = "trades"
     label = "TRADES"
     Options = TradesOptions
-    attack_defaults: ClassVar[dict[str, Any]] = {
-        "steps": 10,
-        "random_start": True,
-        "start": "normal",
-        "train_mode": False,
-    }
+    attack_defaults: ClassVar[dict[str, Any]] = TRADES_ATTACK
 
     def step(self, batch: Batch) -> Step:
         x = batch.images
