@@ -42,11 +42,23 @@ def _work(runner: StageRunner, key: str, position: str) -> tuple[str, Any]:
         return "bug", traceback.format_exc()
 
 
+def _chain_epochs(stages: list[Stage]) -> dict[str, int]:
+    """Per stage: its epochs plus the longest chain of epochs of stages that depend on it."""
+    chain: dict[str, int] = {}
+    for stage in reversed(stages):  # plan order puts upstream first
+        after = [chain[s.key] for s in stages if stage.key in s.depends]
+        chain[stage.key] = stage.config.optim.epochs + max(after, default=0)
+    return chain
+
+
 def run_in_parallel(runner: StageRunner, jobs: int) -> Iterator[tuple[Stage, Any]]:
     """Yield (stage, outcome) as stages finish, at most `jobs` at a time, upstream first."""
     stages = list(runner.plan.stages.values())
     position = {s.key: f"[{i}/{len(stages)}]" for i, s in enumerate(stages, 1)}
-    pending, done = list(stages), set()
+    # Among the stages ready to start, those with the longest chain of stages waiting on
+    # them go first (GACD's distillation before a one-stage student): a shorter critical path.
+    below = _chain_epochs(stages)
+    pending, done = sorted(stages, key=lambda s: -below[s.key]), set()
     running: dict[Future, Stage] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
