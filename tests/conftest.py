@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gacd.config import RunConfig, load_run_config
+from gacd.data import DeviceSplit
+from gacd.models import ImageClassifier, build_model
 from gacd.training import PreparedData, prepare_data, train
 
 # Tiny models on 8x8 images gain nothing from intra-op threads, and oversubscribed threads
@@ -97,3 +100,23 @@ def digits_undefended_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_best.pt of a PGD-AT digits teacher (20 epochs, ~20 s on one thread)."""
     return _train_once(tmp_path_factory, "digits_teacher", TEACHER_OVERRIDES)
+
+
+def tiny_digits_model(seed: int) -> ImageClassifier:
+    """The small digits CNN the method-level tests build students and teachers from."""
+    torch.manual_seed(seed)
+    return build_model("digits_cnn_small", in_channels=1, num_classes=10, mean=(0.3,), std=(0.37,))
+
+
+def natural_teacher(split: DeviceSplit, epochs: int, seed: int = 1) -> ImageClassifier:
+    """`epochs` of natural SGD on `split`, so soft labels and confidences carry information."""
+    model = tiny_digits_model(seed).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for b in split.batches(128, shuffle=True, generator=gen):
+            loss = F.cross_entropy(model(b.images), b.labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from conftest import natural_teacher, tiny_digits_model
 from gacd.attacks import AttackSpec
 from gacd.config import load_run_config
 from gacd.data import Batch, DeviceSplit, read_dataset
@@ -30,7 +30,7 @@ from gacd.methods import (
     method_names,
     method_options,
 )
-from gacd.models import ImageClassifier, build_model
+from gacd.models import ImageClassifier
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
 ATTACK = AttackSpec(eps=0.2, step_size=0.05, steps=3)
@@ -48,11 +48,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _model(seed: int) -> ImageClassifier:
-    torch.manual_seed(seed)
-    return build_model("digits_cnn_small", in_channels=1, num_classes=10, mean=(0.3,), std=(0.37,))
-
-
 @pytest.fixture(scope="module")
 def train_split() -> DeviceSplit:
     return DeviceSplit(read_dataset("digits").train, pixel_max=16, device="cpu")
@@ -65,17 +60,7 @@ def batch(train_split: DeviceSplit) -> Batch:
 
 @pytest.fixture(scope="module")
 def trained_teacher(train_split: DeviceSplit) -> ImageClassifier:
-    """A few natural SGD steps, so the teacher's soft labels carry information."""
-    teacher = _model(seed=1).train()
-    opt = torch.optim.SGD(teacher.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for b in train_split.batches(128, shuffle=True, generator=gen):
-            loss = F.cross_entropy(teacher(b.images), b.labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return teacher.eval()
+    return natural_teacher(train_split, epochs=4)
 
 
 def _method(
@@ -87,7 +72,7 @@ def _method(
     **options: Any,
 ) -> Method:
     ctx = MethodContext(
-        student=student if student is not None else _model(seed=2),
+        student=student if student is not None else tiny_digits_model(seed=2),
         teacher=copy.deepcopy(teacher) if teacher is not None else None,
         attack=attack,
         attack_train_mode=False,

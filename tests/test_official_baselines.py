@@ -28,22 +28,18 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from conftest import natural_teacher, tiny_digits_model
 from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import NORMAL_START_SCALE
 from gacd.config import ATTACK_FALLBACKS, AttackConfig, load_run_config
 from gacd.data import Batch, DeviceSplit, read_dataset
 from gacd.errors import ConfigError
 from gacd.methods import Method, MethodContext, build_method, method_options
-from gacd.models import ImageClassifier, build_model
+from gacd.models import ImageClassifier
 from gacd.training import resolved_attack, training_attack
 
 EPS, STEP = 0.2, 0.05
 SEED = 123
-
-
-def _model(seed: int) -> ImageClassifier:
-    torch.manual_seed(seed)
-    return build_model("digits_cnn_small", in_channels=1, num_classes=10, mean=(0.3,), std=(0.37,))
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +54,7 @@ def batch(split: DeviceSplit) -> Batch:
 
 @pytest.fixture(scope="module")
 def teacher(split: DeviceSplit) -> ImageClassifier:
-    """A couple of natural SGD epochs, so soft labels and confidences are informative."""
-    model = _model(seed=1).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        for b in split.batches(128, shuffle=True, generator=gen):
-            loss = F.cross_entropy(model(b.images), b.labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return natural_teacher(split, epochs=2)
 
 
 def _ours(
@@ -386,7 +372,7 @@ def _official_kd(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor) -
 
 
 def _pair(seed: int = 2) -> tuple[ImageClassifier, ImageClassifier]:
-    ours = _model(seed).train()
+    ours = tiny_digits_model(seed).train()
     return ours, copy.deepcopy(ours)
 
 
@@ -558,7 +544,7 @@ def test_keep_best_needs_per_sample_values(batch):
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_train_mode_attack_updates_bn_statistics_only_when_asked(keep, batch):
-    model = _model(seed=4).train()
+    model = tiny_digits_model(seed=4).train()
     before = _bn_buffers(model)
     with attack_mode([model], train=True, keep_bn_stats=keep):
         model(batch.images)
