@@ -17,10 +17,9 @@ from gacd.config import RunConfig
 from gacd.engine.export import load_model, load_model_meta
 from gacd.errors import CheckpointError
 from gacd.evaluation.results import markdown_table, write_results
-from gacd.evaluation.robust import parse_attack
 from gacd.experiments.spec import deep_merge
 from gacd.options import apply_overrides, from_dict
-from gacd.training import eval_budget, evaluate_configured, prepare_data, resolve_device, train
+from gacd.training import evaluate_configured, prepare_data, resolve_device, train
 
 DEFAULT_ATTACKS = ("natural", "pgd7")
 
@@ -102,10 +101,7 @@ def run_transfer(
     torch_device = resolve_device(config.device)
     # Read (and check: classes, resize, root) the target data before writing anything.
     data = prepare_data(config, torch_device)
-    eps, step_size = eval_budget(config, data.defaults)
-    attacks = list(config.eval.attacks)
-    for name in attacks:  # a typo in an attack name fails before training
-        parse_attack(name, eps, step_size)
+    # (Attack names were checked with the config: a typo fails before training.)
     dataset, resize = config.data.name, config.data.resize
     epochs, lr = config.optim.epochs, config.optim.lr
     result = train(config, resume=resume, data=data, ignore=ignore)
