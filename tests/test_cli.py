@@ -76,6 +76,17 @@ def test_train_with_a_missing_config_file(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
+    """`gacd zoo | head`: the closed pipe is no error to report, and no traceback."""
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("builtins.print", closed)
+    assert main(["zoo"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_unknown_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["fly"])

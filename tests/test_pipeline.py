@@ -325,6 +325,9 @@ def test_unknown_experiment_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
             {"base": {**EXPERIMENT["base"], "eval": {"attacks": ["natural"]}}},
             "top-level 'attacks'",
         ),
+        ({"jobs": 0}, "jobs: must be at least 1, got 0"),
+        ({"epochs_scale": 0.0}, "epochs_scale: must be positive, got 0.0"),
+        ({"stages": {"linearr": {}}}, "stages: unknown stage kind 'linearr'"),
     ],
 )
 def test_invalid_experiments_are_rejected(change: dict[str, Any], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gacd {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # the reader went away (`gacd zoo | head`): nothing to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Point stdout at devnull so the interpreter's final flush cannot fail again (an
+        # stdout without a file descriptor has nothing left to flush there).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
         print(
