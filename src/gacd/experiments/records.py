@@ -13,7 +13,7 @@ from gacd.config import RunConfig
 from gacd.engine.checkpoint import load_checkpoint
 from gacd.engine.distributed import is_main
 from gacd.engine.export import load_model_meta
-from gacd.engine.trainer import CHECKPOINT, METRICS
+from gacd.engine.trainer import CHECKPOINT
 from gacd.experiments.plan import Plan, Stage, stage_root
 from gacd.experiments.spec import ExperimentConfig
 from gacd.methods import recipe
@@ -221,12 +221,6 @@ def _stage_train_seconds(out: Path, plan: Plan, stage: Stage) -> float | None:
         if s.kind != "transfer":
             todo.extend(s.depends)
     return total if seen else None
-
-
-def metrics_epochs(folder: Path) -> int:
-    """Epoch records in a stage's metrics.jsonl (tests use it to check a resume)."""
-    path = folder / METRICS
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def describe_plan(exp: ExperimentConfig, plan: Plan) -> list[str]:
