@@ -2,7 +2,7 @@
 
 Each variant is a set of overrides of configs/digits/gacd.yaml (the distillation), followed
 by a linear probe (configs/digits/linear.yaml) and, where a variant asks, AFT
-(configs/digits/aft.yaml). Every stage is an ordinary `gacd.run.train` run, so results are
+(configs/digits/aft.yaml). Every stage is an ordinary `gacd.training.train` run, so results are
 cached in OUT and a re-run only trains what is missing. Prints one table row per variant:
 validation natural and PGD-20 accuracy, mean +- std over the seeds, the last epoch's mean
 cross-class cosine of the student embeddings (the collapse detector) and how many epochs the
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gacd.run import prepare_data, train
 
 from gacd.config import load_run_config
 from gacd.contrastive import COLLAPSE_COSINE, EmbeddingCollapseWarning
 from gacd.engine.export import load_model
 from gacd.evaluation.robust import parse_attack, robust_accuracy
+from gacd.training import prepare_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "digits"
@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], str | None]] = {
     "lr0.02": (["optim.lr=0.02"], [], None),
     "warmup3": (["optim.warmup_epochs=3"], [], None),
     "lr0.05": (["optim.lr=0.05"], [], None),
+    "lr0.2": (["optim.lr=0.2"], [], None),
     "T0.02": (["method.temperature=0.02"], [], None),
     "T0.05": (["method.temperature=0.05"], [], None),
     "T0.07": (["method.temperature=0.07"], [], None),
@@ -67,6 +68,16 @@ VARIANTS: dict[str, tuple[list[str], list[str], str | None]] = {
     "epochs10": (["optim.epochs=10"], [], None),
     "epochs20": (["optim.epochs=20"], [], None),
     "epochs45": (["optim.epochs=45"], [], None),
+    "epochs60": (["optim.epochs=60"], [], None),
+    "epochs90": (["optim.epochs=90"], [], None),
+    "epochs120": (["optim.epochs=120"], [], None),
+    "epochs200": (["optim.epochs=200"], [], None),
+    "ot_eps0.1": (["method.ot_epsilon=0.1"], [], None),
+    "ot_it10": (["method.ot_iterations=10"], [], None),
+    "ot_it100": (["method.ot_iterations=100"], [], None),
+    "bank_m0.9": (["method.momentum=0.9"], [], None),
+    "dim256": (["method.embed_dim=256"], [], None),
+    "no_twarm": (["method.temperature_warmup=0"], [], None),
 }
 
 

@@ -1,5 +1,6 @@
-"""The issue's goal check on the digits TEST split: GACD (linear) against the teacher and
-GACD+AFT against ARD, under the project's `autoattack` evaluation, one row per seed and the
+"""The issue's goal check on the digits TEST split: GACD (linear; the natural probe and, where
+the ablation trained it, the adversarially trained probe) against the teacher and GACD+AFT
+against ARD, under the project's `autoattack` evaluation, one row per seed and the
 mean +- std. Run it once, after the defaults were chosen on validation
 (benchmarks/gacd_ablation.py), on that script's output directory:
 
@@ -16,11 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-from gacd.evaluation.report import evaluate_model
-from gacd.run import prepare_data, train
 
 from gacd.config import load_run_config
 from gacd.engine.export import load_model
+from gacd.evaluation.results import evaluate_model
+from gacd.training import prepare_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["natural", "pgd20", "autoattack"]
@@ -44,8 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="benchmarks/gacd_ablation.py's output directory")
     p.add_argument("--teacher", required=True)
     p.add_argument("--variant", default="default", help="the ablation variant holding the runs")
-    p.add_argument("--aft", default="aft_probe", help="AFT directory name in the variant's runs")
+    p.add_argument("--aft", default="aft_head", help="AFT directory name in the variant's runs")
+    p.add_argument(
+        "--adv-probe",
+        default="linear_probe_adv",
+        help="directory of the adversarially trained probe in the variant's runs (row skipped "
+        "where it is missing)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--ard-epochs",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also train and check ARD for these many epochs (a budget like GACD's)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -55,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         rows.setdefault("GACD (linear)", []).append(
             _evaluate(runs / "linear" / "model_best.pt", seed)
         )
+        adv_probe = runs / args.adv_probe / "model_best.pt"
+        if adv_probe.is_file():
+            rows.setdefault("GACD (adv. probe)", []).append(_evaluate(adv_probe, seed))
         rows.setdefault("GACD+AFT", []).append(_evaluate(runs / args.aft / "model_best.pt", seed))
-        ard_dir = out / "ard" / f"seed{seed}"
-        config = load_run_config(
-            str(ROOT / "configs" / "digits" / "ard.yaml"),
-            [f"out={ard_dir}", f"teacher={args.teacher}", f"seed={seed}", *QUIET],
-        )
-        train(config, resume=True)
-        rows.setdefault("ARD", []).append(_evaluate(ard_dir / "model_best.pt", seed))
+        for epochs in [None, *args.ard_epochs]:
+            name = "ARD" if epochs is None else f"ARD, {epochs} epochs"
+            ard_dir = out / ("ard" if epochs is None else f"ard_epochs{epochs}") / f"seed{seed}"
+            overrides = [] if epochs is None else [f"optim.epochs={epochs}"]
+            config = load_run_config(
+                str(ROOT / "configs" / "digits" / "ard.yaml"),
+                [f"out={ard_dir}", f"teacher={args.teacher}", f"seed={seed}", *QUIET, *overrides],
+            )
+            train(config, resume=True)
+            rows.setdefault(name, []).append(_evaluate(ard_dir / "model_best.pt", seed))
     (out / "goal_check.json").write_text(json.dumps(rows, indent=1))
     print("digits test split, eps 0.2; mean ± std over seeds", args.seeds)
     print("| model | natural | PGD-20 | AutoAttack |")

@@ -354,6 +354,17 @@ def test_plan_shares_distillation_and_wires_stages() -> None:
     assert plan.stages[distill].config.teacher == f"/x/{TEACHER}/model_best.pt"
     assert plan.stages[KD].config.eval.attacks == ["natural", "pgd3"]
     assert not plan.stages[distill].evaluated
+    # The adversarially trained probe is one more follow-up of the same distillation.
+    students = {"archs": ["digits_cnn_small"], "methods": ["gacd", "gacd_adv_probe"]}
+    exp = experiment_from_dict({**EXPERIMENT, "out": "/x", "sweep": None, "students": students})
+    stages = plan_experiment(exp).stages
+    natural = stages["students/cnn/digits_cnn_small/gacd_linear/seed0"]
+    adversarial = stages["students/cnn/digits_cnn_small/gacd_adv_linear/seed0"]
+    assert natural.depends == adversarial.depends == [distill]
+    assert (natural.config.method.adversarial, adversarial.config.method.adversarial) == (
+        False,
+        True,
+    )
 
 
 def test_digits_experiment_configs_are_valid() -> None:

@@ -173,6 +173,11 @@ class NormalizerZ(nn.Module):
         return bool(self.initialised)
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Forget the value: the next call re-initialises it from its batch."""
+        self.initialised.fill_(False)
+
+    @torch.no_grad()
     def set_value(self, log_z: float | Tensor) -> None:
         """Set log Z explicitly (e.g. after broadcasting rank 0's value under DDP)."""
         self.log_z.copy_(torch.as_tensor(log_z, dtype=self.log_z.dtype))

@@ -50,9 +50,14 @@ from gacd.options import check_range
 class GACDOptions(MethodOptions):
     name: str = "gacd"
     negatives: int = 16384  # k; capped at the smallest number of other-class samples
-    # T = 0.2, the top of the paper's sweep (0.1 in the paper's text): on digits validation
-    # it gives the most robust probe and no early bunching of the embeddings (README).
-    temperature: float = 0.2
+    # T = 0.1 (the paper's), reached through a warm-up: the first `temperature_warmup` epochs
+    # anneal T geometrically from `temperature_start` (a no-op when T >= temperature_start).
+    # Started at a low T the student collapses (every embedding one point: T <= 0.07 on
+    # digits); started at 0.2 the embeddings spread and align first and no T of the paper's
+    # sweep (0.02-0.2) collapses them (README, GACD section).
+    temperature: float = 0.1
+    temperature_start: float = 0.2
+    temperature_warmup: int = 5
     momentum: float = 0.5  # memory-bank momentum m
     embed_dim: int = 128
     # Which PGD objective makes the positives x+: Sinkhorn OT between student features of the
@@ -97,6 +102,8 @@ class GACDOptions(MethodOptions):
         for key, ok, allowed in (
             ("negatives", self.negatives >= 1, "an integer >= 1"),
             ("temperature", self.temperature > 0, "> 0"),
+            ("temperature_start", self.temperature_start > 0, "> 0"),
+            ("temperature_warmup", self.temperature_warmup >= 0, "an integer >= 0"),
             ("momentum", 0 <= self.momentum < 1, "0 <= momentum < 1"),
             ("embed_dim", self.embed_dim >= 1, "an integer >= 1"),
             ("ot_epsilon", self.ot_epsilon > 0, "> 0"),
@@ -110,13 +117,17 @@ class GACDOptions(MethodOptions):
 
 
 def _recipe(name: str, label: str, then: str, reweight: bool = True) -> Recipe:
-    """Feature distillation, then a linear probe ("GACD") or adversarial fine-tuning of the
-    whole student ("GACD+AFT"); recipes sharing a distillation share its stage."""
+    """Feature distillation, then a linear probe on natural images ("GACD"), a linear probe
+    on PGD examples ("adv_linear") or adversarial fine-tuning of the whole student
+    ("GACD+AFT"); recipes sharing a distillation share its stage."""
     prefix = "gacd" if reweight else "gacd_no_reweight"
     method = {"name": "gacd"} if reweight else {"name": "gacd", "reweight": False}
     distill = StageTemplate(f"{prefix}_distill", "distill", method, evaluated=False)
     if then == "linear":
         final = StageTemplate(f"{prefix}_linear", "linear", {"name": "linear"}, from_previous=True)
+    elif then == "adv_linear":
+        probe = {"name": "linear", "adversarial": True}
+        final = StageTemplate(f"{prefix}_adv_linear", "linear", probe, from_previous=True)
     else:
         final = StageTemplate(name, "aft", {"name": "pgd_at"}, from_previous=True)
     return Recipe(name, label, (distill, final))
@@ -134,6 +145,7 @@ class GACD(Method):
         # GACD's features are not a classifier: every recipe ends in a classification stage.
         return (
             _recipe("gacd", "GACD", "linear"),
+            _recipe("gacd_adv_probe", "GACD (adv. probe)", "adv_linear"),
             _recipe("gacd_aft", "GACD+AFT", "aft"),
             _recipe("gacd_no_reweight", "GACD w/o weights", "linear", reweight=False),
             _recipe("gacd_aft_no_reweight", "GACD+AFT w/o weights", "aft", reweight=False),
@@ -179,6 +191,7 @@ class GACD(Method):
             else torch.Generator(labels.device).manual_seed(int(gen.initial_seed()))
         )
         self._pending: tuple[Tensor, Tensor | None, Tensor | None] | None = None
+        self.temperature = self.temperature_at(0)
         # Subtracted from teacher features before the head (zeros unless center_teacher).
         self.register_buffer(
             "teacher_center", torch.zeros(self.teacher.feature_dim, device=labels.device)
@@ -243,8 +256,25 @@ class GACD(Method):
         for h, mode in zip(heads, modes, strict=True):
             h.train(mode)
 
-    # -- per-rank random state: the trainer checkpoints every rank's generators -------------
+    # -- temperature schedule and collapse detector ---------------------------------------
+    def temperature_at(self, epoch: int) -> float:
+        """T for a 0-based epoch: geometric from temperature_start to temperature over the
+        warm-up epochs, then temperature."""
+        o = self.options
+        if epoch >= o.temperature_warmup or o.temperature_start <= o.temperature:
+            return o.temperature
+        return o.temperature_start * (o.temperature / o.temperature_start) ** (
+            epoch / o.temperature_warmup
+        )
+
     def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.temperature = self.temperature_at(epoch)
+        if epoch > 0 and self.temperature != self.temperature_at(epoch - 1):
+            # Z = M mean exp(a.n / T) depends on T: re-estimate it on the next batch (decided
+            # from the epoch alone, so a resumed run resets exactly where the original did).
+            for name in ("z_student", "z_teacher"):
+                if hasattr(self, name):
+                    getattr(self, name).reset()
         # The detector looks at the epoch just finished (the trainer has no end-of-epoch hook).
         if epoch > 0 and bool(self._cos_count > 0):
             value = float(self._cos_sum / self._cos_count)
@@ -254,6 +284,7 @@ class GACD(Method):
         self._cos_sum.zero_()
         self._cos_count.zero_()
 
+    # -- per-rank random state: the trainer checkpoints every rank's generators -------------
     def generators(self) -> dict[str, torch.Generator]:
         gens = super().generators()
         if self._sample_gen is not self.generator:  # the device generator (off the CPU)
@@ -306,16 +337,16 @@ class GACD(Method):
         """NCE with bank rows as negatives, scored as one product anchor @ bank.T and then
         gathered: O(B M d) flops and O(B M) memory instead of an O(B k d) gather (the same
         numbers as `nce_loss(anchor, positive, bank.rows(negatives), ...)`)."""
-        o = self.options
         with torch.autocast(device_type=anchor.device.type, enabled=False):
             a = anchor.float()
             pos = (a * positive.float()).sum(dim=1)
             neg = (a @ bank.embeddings.T).gather(1, negatives)
-        log_z = z.value_from_scores(neg.detach(), o.temperature, self.n_data)
+        t = self.temperature
+        log_z = z.value_from_scores(neg.detach(), t, self.n_data)
         if is_distributed():  # every rank uses rank 0's Z (a scalar: cheap every step)
             dist.broadcast(z.log_z, src=0)
             log_z = z.log_z.clone()
-        return nce_loss_from_scores(pos, neg, weight, o.temperature, self.n_data, log_z)
+        return nce_loss_from_scores(pos, neg, weight, t, self.n_data, log_z)
 
     def step(self, batch: Batch) -> Step:
         o = self.options
@@ -357,6 +388,7 @@ class GACD(Method):
         self._cos_count += seen.float()
         diagnostics["cross_cos"] = cross
         diagnostics["teacher_acc"] = accuracy(t_logits, y)
+        diagnostics["temperature"] = torch.full((), self.temperature, device=s_emb.device)
         self._pending = (batch.indices, t_emb.detach(), s_emb.detach())
         return step_output(terms, diagnostics)
 
