@@ -15,16 +15,18 @@ tests may modify them freely. Never write into the fixture directories.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gacd.config import RunConfig, load_run_config
-from gacd.data import DeviceSplit
+from gacd.data import DeviceSplit, read_dataset
 from gacd.models import ImageClassifier, build_model
 from gacd.training import PreparedData, prepare_data, train
 
@@ -91,6 +93,13 @@ def digits_data() -> PreparedData:
 
 
 @pytest.fixture(scope="session")
+def digits_train_split() -> DeviceSplit:
+    """The whole digits training split on the CPU, in dataset order (no validation split
+    taken out): the method-level tests draw their batches and teachers from it. Read-only."""
+    return DeviceSplit(read_dataset("digits").train, pixel_max=16, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def digits_undefended_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model_best.pt of a naturally trained digits CNN (10 epochs, ~2 s)."""
     return _train_once(tmp_path_factory, "digits_undefended", UNDEFENDED_OVERRIDES)
@@ -120,3 +129,16 @@ def natural_teacher(split: DeviceSplit, epochs: int, seed: int = 1) -> ImageClas
             loss.backward()
             opt.step()
     return model.eval()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(stem: str) -> ModuleType:
+    """Import benchmarks/<stem>.py as a module (its `main` does not run)."""
+    path = BENCHMARKS / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -20,7 +20,7 @@ from torch import Tensor
 from conftest import natural_teacher, tiny_digits_model
 from gacd.attacks import AttackSpec
 from gacd.config import load_run_config
-from gacd.data import Batch, DeviceSplit, read_dataset
+from gacd.data import Batch, DeviceSplit
 from gacd.errors import ConfigError
 from gacd.methods import (
     Method,
@@ -49,18 +49,13 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module")
-def train_split() -> DeviceSplit:
-    return DeviceSplit(read_dataset("digits").train, pixel_max=16, device="cpu")
+def batch(digits_train_split: DeviceSplit) -> Batch:
+    return digits_train_split.batch_at(torch.arange(64))
 
 
 @pytest.fixture(scope="module")
-def batch(train_split: DeviceSplit) -> Batch:
-    return train_split.batch_at(torch.arange(64))
-
-
-@pytest.fixture(scope="module")
-def trained_teacher(train_split: DeviceSplit) -> ImageClassifier:
-    return natural_teacher(train_split, epochs=4)
+def trained_teacher(digits_train_split: DeviceSplit) -> ImageClassifier:
+    return natural_teacher(digits_train_split, epochs=4)
 
 
 def _method(
@@ -134,12 +129,12 @@ def _logits(model: ImageClassifier, *xs: Tensor) -> list[Tensor]:
 
 
 @pytest.mark.parametrize("name", method_names())
-def test_every_method_s_terms_add_up_to_its_loss(name, trained_teacher, train_split, batch):
+def test_every_method_s_terms_add_up_to_its_loss(name, trained_teacher, digits_train_split, batch):
     """The step contract (Method.step): the weighted terms sum to the loss, terms and
     diagnostics are detached scalars, and the loss is the one gradient flows through."""
     gacd = {"negatives": 64, "ot_iterations": 3, "bank_init": "random"}  # no split in ctx
     options = gacd if name == "gacd" else {}
-    method = _method(name, trained_teacher, train_split, **options).train()
+    method = _method(name, trained_teacher, digits_train_split, **options).train()
     method.start_epoch(9, 10)  # past any warm-up: every term a method has is on
     loss, terms, diagnostics = method.step(batch)
     assert terms and loss.requires_grad and loss.dim() == 0
@@ -149,9 +144,9 @@ def test_every_method_s_terms_add_up_to_its_loss(name, trained_teacher, train_sp
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_loss_decreases_on_a_fixed_batch(case, trained_teacher, train_split, batch):
+def test_loss_decreases_on_a_fixed_batch(case, trained_teacher, digits_train_split, batch):
     name, options = CASES[case]
-    method = _method(name, trained_teacher, train_split, **options).train()
+    method = _method(name, trained_teacher, digits_train_split, **options).train()
     method.start_epoch(1, 10)
     opt = torch.optim.SGD(method.trainable_parameters(), lr=0.05, momentum=0.9)
     losses = []
@@ -170,9 +165,9 @@ def test_loss_decreases_on_a_fixed_batch(case, trained_teacher, train_split, bat
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_teacher_untouched_by_a_step(case, trained_teacher, train_split, batch):
+def test_teacher_untouched_by_a_step(case, trained_teacher, digits_train_split, batch):
     name, options = CASES[case]
-    method = _method(name, trained_teacher, train_split, **options).train()
+    method = _method(name, trained_teacher, digits_train_split, **options).train()
     method.start_epoch(1, 10)
     teacher = method.teacher
     before = copy.deepcopy(teacher.state_dict())
@@ -189,17 +184,19 @@ def test_teacher_untouched_by_a_step(case, trained_teacher, train_split, batch):
 
 
 @pytest.mark.parametrize("name", ["kd", "ard", "rslad", "iad"])
-def test_needs_a_teacher(name, train_split):
+def test_needs_a_teacher(name, digits_train_split):
     with pytest.raises(ConfigError, match="teacher"):
-        _method(name, None, train_split)
+        _method(name, None, digits_train_split)
 
 
 # ------------------------------------------------------------------- formula checks
 
 
-def test_kd_formula(trained_teacher, train_split, batch):
+def test_kd_formula(trained_teacher, digits_train_split, batch):
     alpha, temperature = 0.7, 3.0
-    method = _method("kd", trained_teacher, train_split, alpha=alpha, temperature=temperature)
+    method = _method(
+        "kd", trained_teacher, digits_train_split, alpha=alpha, temperature=temperature
+    )
     method.eval()  # BN in eval mode: the reference logits below are the same function
 
     def no_attack(*args: Any) -> Tensor:
@@ -226,12 +223,12 @@ def test_kd_defaults_and_selection():
 @pytest.mark.parametrize("reduction", ["mean", "batchmean"])
 @pytest.mark.parametrize("reweight", [False, True])
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
-def test_ard_formula(alpha, reweight, reduction, trained_teacher, train_split, batch):
+def test_ard_formula(alpha, reweight, reduction, trained_teacher, digits_train_split, batch):
     temperature = 30.0
     method = _method(
         "ard",
         trained_teacher,
-        train_split,
+        digits_train_split,
         alpha=alpha,
         temperature=temperature,
         reweight=reweight,
@@ -264,13 +261,13 @@ def test_ard_formula(alpha, reweight, reduction, trained_teacher, train_split, b
 
 
 def test_ard_reweighted_with_no_attack_equals_hand_weighted_mean(
-    trained_teacher, train_split, batch
+    trained_teacher, digits_train_split, batch
 ):
     """steps=0: x' = x, so the weights are the teacher's true-class probabilities on x."""
     method = _method(
         "ard",
         trained_teacher,
-        train_split,
+        digits_train_split,
         attack=AttackSpec(0.2, 0.05, steps=0),
         reweight=True,
     ).eval()
@@ -291,14 +288,14 @@ def test_ard_defaults():
 
 @pytest.mark.parametrize("reduction", [None, "batchmean"])
 @pytest.mark.parametrize("weights", [None, (0.3, 0.7)])
-def test_rslad_formula(weights, reduction, trained_teacher, train_split, batch):
+def test_rslad_formula(weights, reduction, trained_teacher, digits_train_split, batch):
     opts: dict[str, Any] = (
         {} if weights is None else {"adv_weight": weights[0], "nat_weight": weights[1]}
     )
     if reduction is not None:
         opts["kl_reduction"] = reduction
     adv_w, nat_w = weights or (5 / 6, 1 / 6)
-    method = _method("rslad", trained_teacher, train_split, **opts).eval()
+    method = _method("rslad", trained_teacher, digits_train_split, **opts).eval()
     x = batch.images
     x_adv = _fixed_adversarial(x)
     seen = _stub_attack(method, x_adv)
@@ -319,12 +316,14 @@ def test_rslad_formula(weights, reduction, trained_teacher, train_split, batch):
 
 
 @pytest.mark.parametrize(("alpha", "temperature", "beta"), [(1.0, 1.0, 0.1), (0.6, 2.0, 0.5)])
-def test_iad_formula_after_warmup(alpha, temperature, beta, trained_teacher, train_split, batch):
+def test_iad_formula_after_warmup(
+    alpha, temperature, beta, trained_teacher, digits_train_split, batch
+):
     # A trained (non-robust) student, so that s(x) and s(x') differ and the self term counts.
     method = _method(
         "iad",
         trained_teacher,
-        train_split,
+        digits_train_split,
         student=copy.deepcopy(trained_teacher),
         alpha=alpha,
         temperature=temperature,
@@ -353,9 +352,9 @@ def test_iad_formula_after_warmup(alpha, temperature, beta, trained_teacher, tra
     torch.testing.assert_close(objective.double(), _ce64(s, y), rtol=1e-5, atol=1e-6)
 
 
-def test_iad_warmup_is_ard_with_its_own_temperature(trained_teacher, train_split, batch):
+def test_iad_warmup_is_ard_with_its_own_temperature(trained_teacher, digits_train_split, batch):
     method = _method(
-        "iad", trained_teacher, train_split, alpha=0.8, temperature=2.0, warmup_epochs=3
+        "iad", trained_teacher, digits_train_split, alpha=0.8, temperature=2.0, warmup_epochs=3
     ).eval()
     method.start_epoch(2, 10)
     assert method.in_warmup
@@ -370,15 +369,15 @@ def test_iad_warmup_is_ard_with_its_own_temperature(trained_teacher, train_split
     assert "introspection" not in diagnostics
 
 
-def test_iad_warmup_schedule(trained_teacher, train_split):
-    method = _method("iad", trained_teacher, train_split)  # default: 30% of the epochs
+def test_iad_warmup_schedule(trained_teacher, digits_train_split):
+    method = _method("iad", trained_teacher, digits_train_split)  # default: 30% of the epochs
     assert method.in_warmup
     phases = []
     for epoch in range(10):
         method.start_epoch(epoch, 10)
         phases.append(method.in_warmup)
     assert phases == [True] * 3 + [False] * 7
-    method = _method("iad", trained_teacher, train_split, warmup_epochs=0)
+    method = _method("iad", trained_teacher, digits_train_split, warmup_epochs=0)
     assert not method.in_warmup
     method.start_epoch(0, 10)
     assert not method.in_warmup
@@ -386,14 +385,14 @@ def test_iad_warmup_schedule(trained_teacher, train_split):
     assert (options.alpha, options.temperature, options.beta) == (1.0, 1.0, 0.1)
 
 
-def test_iad_detach_natural_changes_gradient_not_value(trained_teacher, train_split, batch):
+def test_iad_detach_natural_changes_gradient_not_value(trained_teacher, digits_train_split, batch):
     x_adv = _fixed_adversarial(batch.images)
     results = []
     for detach in (False, True):
         method = _method(
             "iad",
             trained_teacher,
-            train_split,
+            digits_train_split,
             student=copy.deepcopy(trained_teacher),
             warmup_epochs=0,
             detach_natural=detach,

@@ -3,26 +3,18 @@ the rare occasions a GPU is at hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path: Path, capsys) -> None:
-    gpu_check = _load_script()
+    gpu_check = load_benchmark("gpu_check")
     out = tmp_path / "check.json"
     gpu_check.main(["--tiny", "--device", "cpu", "--json", str(out)])
     report = json.loads(out.read_text())

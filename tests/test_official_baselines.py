@@ -32,7 +32,7 @@ from conftest import natural_teacher, tiny_digits_model
 from gacd.attacks import AttackSpec, attack_mode, pgd
 from gacd.attacks.pgd import NORMAL_START_SCALE
 from gacd.config import ATTACK_FALLBACKS, AttackConfig, load_run_config
-from gacd.data import Batch, DeviceSplit, read_dataset
+from gacd.data import Batch, DeviceSplit
 from gacd.errors import ConfigError
 from gacd.methods import Method, MethodContext, build_method, method_options
 from gacd.models import ImageClassifier
@@ -43,18 +43,13 @@ SEED = 123
 
 
 @pytest.fixture(scope="module")
-def split() -> DeviceSplit:
-    return DeviceSplit(read_dataset("digits").train, pixel_max=16, device="cpu")
+def batch(digits_train_split: DeviceSplit) -> Batch:
+    return digits_train_split.batch_at(torch.arange(48))
 
 
 @pytest.fixture(scope="module")
-def batch(split: DeviceSplit) -> Batch:
-    return split.batch_at(torch.arange(48))
-
-
-@pytest.fixture(scope="module")
-def teacher(split: DeviceSplit) -> ImageClassifier:
-    return natural_teacher(split, epochs=2)
+def teacher(digits_train_split: DeviceSplit) -> ImageClassifier:
+    return natural_teacher(digits_train_split, epochs=2)
 
 
 def _ours(
@@ -376,17 +371,19 @@ def _pair(seed: int = 2) -> tuple[ImageClassifier, ImageClassifier]:
     return ours, copy.deepcopy(ours)
 
 
-def test_kd_matches_repdistiller(teacher, split, batch):
+def test_kd_matches_repdistiller(teacher, digits_train_split, batch):
     ours, theirs = _pair()
-    result = _step(_ours("kd", teacher, split, ours), batch)
+    result = _step(_ours("kd", teacher, digits_train_split, ours), batch)
     loss = _official_kd(theirs.train(), teacher, batch.images, batch.labels)
     _assert_same(result, (loss, _official_grads(loss, theirs)))
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
-def test_ard_matches_its_main_script_including_bn_statistics(alpha, teacher, split, batch):
+def test_ard_matches_its_main_script_including_bn_statistics(
+    alpha, teacher, digits_train_split, batch
+):
     ours, theirs = _pair()
-    method = _ours("ard", teacher, split, ours, alpha=alpha)
+    method = _ours("ard", teacher, digits_train_split, ours, alpha=alpha)
     result = _step(method, batch)
     g = torch.Generator().manual_seed(SEED)
     loss = _official_ard(theirs, teacher, batch.images, batch.labels, g, alpha=alpha)
@@ -396,17 +393,21 @@ def test_ard_matches_its_main_script_including_bn_statistics(alpha, teacher, spl
         torch.testing.assert_close(a, b)
 
 
-def test_ard_batchmean_option_is_num_classes_times_the_official_kl(teacher, split, batch):
+def test_ard_batchmean_option_is_num_classes_times_the_official_kl(
+    teacher, digits_train_split, batch
+):
     losses = []
     for reduction in ("mean", "batchmean"):
         ours, _ = _pair()
-        losses.append(_step(_ours("ard", teacher, split, ours, kl_reduction=reduction), batch)[0])
+        losses.append(
+            _step(_ours("ard", teacher, digits_train_split, ours, kl_reduction=reduction), batch)[0]
+        )
     torch.testing.assert_close(losses[1], 10 * losses[0])
 
 
-def test_rslad_matches_its_code(teacher, split, batch):
+def test_rslad_matches_its_code(teacher, digits_train_split, batch):
     ours, theirs = _pair()
-    result = _step(_ours("rslad", teacher, split, ours), batch)
+    result = _step(_ours("rslad", teacher, digits_train_split, ours), batch)
     g = torch.Generator().manual_seed(SEED)
     loss = _official_rslad(theirs, teacher, batch.images, batch.labels, g)
     # Their log(p + 1e-5) shifts the value by a student-independent constant below 1e-5.
@@ -416,9 +417,9 @@ def test_rslad_matches_its_code(teacher, split, batch):
 
 
 @pytest.mark.parametrize("after_begin", [False, True])
-def test_iad_matches_iad_i(after_begin, teacher, split, batch):
+def test_iad_matches_iad_i(after_begin, teacher, digits_train_split, batch):
     ours, theirs = _pair()
-    method = _ours("iad", teacher, split, ours, warmup_epochs=0 if after_begin else 1)
+    method = _ours("iad", teacher, digits_train_split, ours, warmup_epochs=0 if after_begin else 1)
     result = _step(method, batch)
     g = torch.Generator().manual_seed(SEED)
     loss = _official_iad(theirs, teacher, batch.images, batch.labels, g, after_begin)
@@ -426,17 +427,17 @@ def test_iad_matches_iad_i(after_begin, teacher, split, batch):
     _assert_same(result, (loss, _official_grads(loss, theirs)))
 
 
-def test_trades_matches_trades_loss(split, batch):
+def test_trades_matches_trades_loss(digits_train_split, batch):
     ours, theirs = _pair()
-    result = _step(_ours("trades", None, split, ours), batch)
+    result = _step(_ours("trades", None, digits_train_split, ours), batch)
     g = torch.Generator().manual_seed(SEED)
     loss = _official_trades(theirs, batch.images, batch.labels, g)
     _assert_same(result, (loss, _official_grads(loss, theirs)))
 
 
-def test_pgd_at_matches_the_robustness_library(split, batch):
+def test_pgd_at_matches_the_robustness_library(digits_train_split, batch):
     ours, theirs = _pair()
-    result = _step(_ours("pgd_at", None, split, ours), batch)
+    result = _step(_ours("pgd_at", None, digits_train_split, ours), batch)
     loss = _official_pgd_at(theirs, batch.images, batch.labels, torch.Generator())
     _assert_same(result, (loss, _official_grads(loss, theirs)))
     for a, b in zip(_bn_buffers(ours), _bn_buffers(theirs), strict=True):
@@ -444,9 +445,9 @@ def test_pgd_at_matches_the_robustness_library(split, batch):
 
 
 @pytest.mark.parametrize(("alpha", "reduction"), [(1.0, "mean"), (0.7, "mean"), (0.7, "batchmean")])
-def test_adaad_matches_its_code(alpha, reduction, teacher, split, batch):
+def test_adaad_matches_its_code(alpha, reduction, teacher, digits_train_split, batch):
     ours, theirs = _pair()
-    method = _ours("adaad", teacher, split, ours, alpha=alpha, kl_reduction=reduction)
+    method = _ours("adaad", teacher, digits_train_split, ours, alpha=alpha, kl_reduction=reduction)
     result = _step(method, batch)
     g = torch.Generator().manual_seed(SEED)
     loss = _official_adaad(
@@ -457,9 +458,9 @@ def test_adaad_matches_its_code(alpha, reduction, teacher, split, batch):
         torch.testing.assert_close(a, b)
 
 
-def test_adaad_leaves_the_teacher_frozen_and_in_eval_mode(teacher, split, batch):
+def test_adaad_leaves_the_teacher_frozen_and_in_eval_mode(teacher, digits_train_split, batch):
     ours, _ = _pair()
-    method = _ours("adaad", teacher, split, ours)
+    method = _ours("adaad", teacher, digits_train_split, ours)
     before = copy.deepcopy(method.teacher.state_dict())
     _step(method, batch)
     assert not method.teacher.training
