@@ -33,7 +33,7 @@ from gacd.methods.base import (
     register_method,
     step_output,
 )
-from gacd.methods.losses import KLReduction, accuracy, kl_divergence
+from gacd.methods.losses import KLReduction, soft_label_terms
 
 
 @dataclass
@@ -69,13 +69,9 @@ class AdaAD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(x)
             teacher_adv = self.teacher(x_adv)
-        kl_adv = kl_divergence(teacher_adv, logits_adv, reduction=opts.kl_reduction)
-        kl_nat = kl_divergence(teacher_logits, logits, reduction=opts.kl_reduction)
-        terms = {"kl_adv": opts.alpha * kl_adv, "kl_nat": (1.0 - opts.alpha) * kl_nat}
-        diagnostics = {
-            "kl_adv": kl_adv,
-            "kl_nat": kl_nat,
-            "acc": accuracy(logits, y),
-            "acc_adv": accuracy(logits_adv, y),
-        }
-        return step_output(terms, diagnostics)
+        weights = (opts.alpha, 1.0 - opts.alpha)
+        return step_output(
+            *soft_label_terms(
+                teacher_adv, logits_adv, teacher_logits, logits, y, weights, opts.kl_reduction
+            )
+        )

@@ -40,6 +40,32 @@ def reduce_kl(per_sample: Tensor, reduction: str, num_classes: int) -> Tensor:
     raise ValueError(f"reduction must be 'batchmean', 'mean' or 'none', got {reduction!r}")
 
 
+def soft_label_terms(
+    target_adv: Tensor,
+    logits_adv: Tensor,
+    target: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    weights: tuple[float, float],
+    reduction: KLReduction,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The (terms, diagnostics) of a two-term soft-label loss, for `step_output`:
+    w_adv * KL(target_adv || s(x')) + w_nat * KL(target || s(x)) (RSLAD, AdaAD), with the raw
+    KLs and the student's accuracies on x and x'. The caller runs the networks, in its
+    authors' order (BatchNorm statistics depend on it)."""
+    kl_adv = kl_divergence(target_adv, logits_adv, reduction=reduction)
+    kl_nat = kl_divergence(target, logits, reduction=reduction)
+    w_adv, w_nat = weights
+    terms = {"kl_adv": w_adv * kl_adv, "kl_nat": w_nat * kl_nat}
+    diagnostics = {
+        "kl_adv": kl_adv,
+        "kl_nat": kl_nat,
+        "acc": accuracy(logits, labels),
+        "acc_adv": accuracy(logits_adv, labels),
+    }
+    return terms, diagnostics
+
+
 def teacher_confidence(teacher_logits: Tensor, labels: Tensor) -> Tensor:
     """GACD's sample weights: the teacher's probability of the true class, detached."""
     probs = F.softmax(teacher_logits.detach().float(), dim=1)

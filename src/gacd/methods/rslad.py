@@ -34,7 +34,7 @@ from gacd.methods.base import (
     register_method,
     step_output,
 )
-from gacd.methods.losses import KLReduction, accuracy, kl_divergence
+from gacd.methods.losses import KLReduction, soft_label_terms
 
 
 @dataclass
@@ -71,13 +71,9 @@ class RSLAD(Method):
         )
         logits_adv = self.student(x_adv)
         logits = self.student(x)
-        kl_adv = kl_divergence(teacher_logits, logits_adv, reduction=opts.kl_reduction)
-        kl_nat = kl_divergence(teacher_logits, logits, reduction=opts.kl_reduction)
-        terms = {"kl_adv": opts.adv_weight * kl_adv, "kl_nat": opts.nat_weight * kl_nat}
-        diagnostics = {
-            "kl_adv": kl_adv,
-            "kl_nat": kl_nat,
-            "acc": accuracy(logits, y),
-            "acc_adv": accuracy(logits_adv, y),
-        }
-        return step_output(terms, diagnostics)
+        weights = (opts.adv_weight, opts.nat_weight)
+        return step_output(
+            *soft_label_terms(
+                teacher_logits, logits_adv, teacher_logits, logits, y, weights, opts.kl_reduction
+            )
+        )
