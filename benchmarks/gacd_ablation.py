@@ -75,8 +75,6 @@ VARIANTS: dict[str, tuple[list[str], list[str], str | None]] = {
     "ot_eps0.1": (["method.ot_epsilon=0.1"], [], None),
     "ot_it10": (["method.ot_iterations=10"], [], None),
     "ot_it100": (["method.ot_iterations=100"], [], None),
-    "bank_m0.9": (["method.momentum=0.9"], [], None),
-    "dim256": (["method.embed_dim=256"], [], None),
     "no_twarm": (["method.temperature_warmup=0"], [], None),
 }
 

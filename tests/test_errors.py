@@ -136,6 +136,18 @@ CASES: dict[str, tuple[Case, int, list[str]]] = {
         2,
         ["method.temperature", "0"],
     ),
+    "GACD warm-up": (
+        lambda t, m: [
+            "train",
+            "method.name=gacd",
+            "method.temperature_warmup=-1",
+            f"teacher={m}",
+            f"out={t}/o",
+            *TRAIN,
+        ],
+        2,
+        ["method.temperature_warmup", "-1", "an integer >= 0"],
+    ),
     "max samples 0": (
         lambda t, m: ["evaluate", str(m), "--max-samples", "0", "--out", f"{t}/o"],
         2,
